@@ -1,0 +1,137 @@
+//! `wasmcell`: operator tools beside the shim.
+//!
+//! - `wasmcell image build`: package .wasm files into an OCI image tarball.
+//! - `wasmcell explain`: print the grants a container's spec gives its guest.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use wasmcell_oci::image::{ImageFile, ImageSpec};
+
+#[derive(Parser)]
+#[command(name = "wasmcell", version, about = "Tools for the wasmcell containerd shim")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with OCI images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Print what a container's guest would be granted, from a bundle
+    /// directory or a config.json.
+    Explain {
+        /// A bundle directory (holding config.json) or a config.json file.
+        path: PathBuf,
+        /// Print JSON rows instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build an OCI image-layout tarball (platform wasi/wasm) for
+    /// `ctr image import --all-platforms`.
+    Build {
+        /// Image reference, e.g. example.com/hello:latest.
+        #[arg(long, short = 't')]
+        name: String,
+        /// Output tarball.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Entrypoint (repeat for more words); default: the first .wasm file.
+        #[arg(long)]
+        entrypoint: Vec<String>,
+        /// Default arguments (image Cmd); repeat for more words.
+        #[arg(long)]
+        cmd: Vec<String>,
+        /// Environment variable KEY=VALUE; repeatable.
+        #[arg(long)]
+        env: Vec<String>,
+        /// Label KEY=VALUE; repeatable.
+        #[arg(long)]
+        label: Vec<String>,
+        /// Working directory.
+        #[arg(long)]
+        workdir: Option<String>,
+        /// Files: SRC (placed at /basename) or SRC:DEST.
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Image(ImageCmd::Build {
+            name,
+            output,
+            entrypoint,
+            cmd,
+            env,
+            label,
+            workdir,
+            files,
+        }) => {
+            let files = files
+                .iter()
+                .map(|f| f.parse::<ImageFile>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let spec = ImageSpec {
+                name,
+                files,
+                entrypoint: (!entrypoint.is_empty()).then_some(entrypoint),
+                cmd,
+                env,
+                labels: label,
+                working_dir: workdir,
+            };
+            let tmp = output.with_extension("tmp");
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("create {}", tmp.display()))?;
+            let built = wasmcell_oci::image::build(&spec, std::io::BufWriter::new(file))
+                .with_context(|| format!("build image {}", spec.name))?;
+            std::fs::rename(&tmp, &output)?;
+            println!("{} {}", built.manifest.digest(), output.display());
+            Ok(())
+        }
+        Command::Explain { path, json } => {
+            let (bundle, config) = if path.is_dir() {
+                (path.clone(), path.join("config.json"))
+            } else {
+                (
+                    path.parent().map(PathBuf::from).unwrap_or_default(),
+                    path.clone(),
+                )
+            };
+            let bytes =
+                std::fs::read(&config).with_context(|| format!("read {}", config.display()))?;
+            let spec = wasmcell_grants::parse_spec(&bytes)?;
+            let annotations: HashMap<String, String> =
+                spec.annotations().clone().unwrap_or_default();
+            let grants = match wasmcell_grants::grants(
+                &spec,
+                &annotations,
+                &wasmcell_grants::Options { bundle },
+            ) {
+                Ok(g) => g,
+                Err(e) => bail!("this container would be refused: {e}"),
+            };
+            if json {
+                let rows: Vec<_> = grants
+                    .rows()
+                    .into_iter()
+                    .map(|r| serde_json::json!({"setting": r.setting, "value": r.value, "grant": r.grant}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{grants}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! From grants to a WASI context: every capability the guest gets is added
+//! here, explicitly. `WasiCtxBuilder` starts with nothing: no args, no env, no
+//! preopens, stdio closed, and all socket addresses denied.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmcell_grants::{DirSource, Grants, Limits};
+
+use crate::limiter::MemoryLimiter;
+use crate::EngineError;
+
+/// Store data of a component guest.
+pub struct P2State {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Store data of a core-module (WASIp1) guest.
+pub struct P1State {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+/// The guest's stdio: pipe ends the shim connects to containerd's fifos.
+/// `None` is a closed stream (reads EOF, writes are discarded).
+#[derive(Default)]
+pub struct GuestIo {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Which sockets the guest may use, as decided by the shim from the network
+/// grant and the namespace the shim process actually runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketScope {
+    /// No TCP, no UDP, no name lookup.
+    Denied,
+    /// TCP and UDP to any address reachable from the shim's current network
+    /// namespace (which the shim chose to be the container's), and name
+    /// lookup when `dns`.
+    Namespace { dns: bool },
+}
+
+/// A directory the guest sees, resolved to a host path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub readonly: bool,
+}
+
+/// Everything the engine needs to start one guest.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub preopens: Vec<Preopen>,
+    pub sockets: SocketScope,
+    pub limits: Limits,
+}
+
+impl GuestConfig {
+    /// Resolves `grants` to host paths. Private (tmpfs) directories are
+    /// created under `private_root`, which the caller removes with the
+    /// container. Bind sources must exist and be directories: a file bind
+    /// (e.g. `/etc/hosts`) cannot be preopened and is skipped with a warning.
+    pub fn from_grants(
+        grants: &Grants,
+        private_root: &Path,
+        sockets: SocketScope,
+    ) -> Result<Self, EngineError> {
+        let mut preopens = Vec::new();
+        let root = grants.root.host().expect("root is a host directory");
+        preopens.push(Preopen {
+            host: root.to_path_buf(),
+            guest: "/".into(),
+            readonly: grants.root.readonly,
+        });
+        for (i, d) in grants.dirs.iter().enumerate() {
+            let host = match &d.source {
+                DirSource::Host(h) => {
+                    let meta = std::fs::metadata(h).map_err(|e| EngineError::Context {
+                        what: format!("mount at {}", d.guest),
+                        reason: format!("source {}: {e}", h.display()),
+                    })?;
+                    if !meta.is_dir() {
+                        log::warn!(
+                            "mount {} -> {}: only directories can be granted to a Wasm guest; not exposed",
+                            h.display(),
+                            d.guest
+                        );
+                        continue;
+                    }
+                    h.clone()
+                }
+                DirSource::Private => {
+                    let p = private_root.join(format!("tmpfs-{i}"));
+                    std::fs::create_dir_all(&p).map_err(|e| EngineError::Context {
+                        what: format!("tmpfs at {}", d.guest),
+                        reason: e.to_string(),
+                    })?;
+                    p
+                }
+            };
+            preopens.push(Preopen {
+                host,
+                guest: d.guest.clone(),
+                readonly: d.readonly,
+            });
+        }
+        Ok(GuestConfig {
+            argv: grants.program.argv.clone(),
+            env: grants.program.env.clone(),
+            cwd: grants.program.cwd.clone(),
+            preopens,
+            sockets,
+            limits: grants.limits.clone(),
+        })
+    }
+
+    /// The WASI context for this guest. Must be called inside a tokio runtime
+    /// (the stdio pipes register with its reactor).
+    pub(crate) fn builder(&self, io: GuestIo) -> Result<WasiCtxBuilder, EngineError> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.argv).envs(&self.env).initial_cwd(&self.cwd);
+        for p in &self.preopens {
+            let perms = if p.readonly {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&p.host, &p.guest, perms)
+                .map_err(|e| EngineError::Context {
+                    what: format!("directory {}", p.guest),
+                    reason: format!("{}: {e:#}", p.host.display()),
+                })?;
+        }
+        match self.sockets {
+            SocketScope::Denied => {
+                b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+            }
+            SocketScope::Namespace { dns } => {
+                // The namespace itself is the boundary: the shim process runs
+                // in the container's (or pod's) network namespace.
+                b.allow_tcp(true)
+                    .allow_udp(true)
+                    .allow_ip_name_lookup(dns)
+                    .socket_addr_check(|_, _| Box::pin(async { true }));
+            }
+        }
+        let ctx_err = |what: &str, e: std::io::Error| EngineError::Context {
+            what: what.into(),
+            reason: e.to_string(),
+        };
+        if let Some(fd) = io.stdin {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| ctx_err("stdin", e))?;
+            b.stdin(AsyncStdinStream::new(rx));
+        }
+        if let Some(fd) = io.stdout {
+            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+                .map_err(|e| ctx_err("stdout", e))?;
+            b.stdout(AsyncStdoutStream::new(64 * 1024, tx));
+        }
+        if let Some(fd) = io.stderr {
+            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+                .map_err(|e| ctx_err("stderr", e))?;
+            b.stderr(AsyncStdoutStream::new(64 * 1024, tx));
+        }
+        Ok(b)
+    }
+}

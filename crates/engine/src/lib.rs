@@ -1,0 +1,122 @@
+//! Wasmtime for wasmcell: one shared [`Engine`] per shim, compiled programs
+//! that are pre-linked against WASI once, and guests that run under the
+//! [`Grants`](wasmcell_grants::Grants) their container's spec allows.
+//!
+//! A guest is a Wasmtime store driven as a future on the caller's tokio
+//! runtime. It yields at every epoch tick (10 ms), so dropping its future
+//! (kill) takes effect promptly even in an infinite loop, and a CPU quota can
+//! be enforced by sleeping at those yield points.
+
+mod ctx;
+mod error;
+mod limiter;
+mod run;
+mod ticker;
+
+use std::sync::Arc;
+
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{Config, Linker, Module};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmcell_oci::WasmKind;
+
+pub use ctx::{GuestConfig, GuestIo, Preopen, SocketScope};
+pub use error::EngineError;
+pub use limiter::GuestStats;
+pub use run::Exit;
+
+use ctx::{P1State, P2State};
+
+/// How often the epoch advances: the longest a guest runs between yields.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The shim-wide Wasmtime engine with its WASI linkers.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: wasmtime::Engine,
+    components: ComponentLinker<P2State>,
+    modules: Linker<P1State>,
+    ticker: ticker::Ticker,
+}
+
+/// A compiled, pre-linked guest, ready to instantiate any number of times.
+#[derive(Clone)]
+pub enum Program {
+    /// A component exporting `wasi:cli/run`.
+    Command(CommandPre<P2State>),
+    /// A core module exporting `_start` (WASI preview 1).
+    Module(wasmtime::InstancePre<P1State>),
+}
+
+impl Engine {
+    pub fn new() -> Result<Self, EngineError> {
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .parallel_compilation(true);
+        let engine = wasmtime::Engine::new(&config).map_err(EngineError::setup)?;
+
+        let mut components = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(EngineError::setup)?;
+        let mut modules = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| &mut s.wasi)
+            .map_err(EngineError::setup)?;
+
+        let ticker = ticker::Ticker::new(engine.clone(), TICK);
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                engine,
+                components,
+                modules,
+                ticker,
+            }),
+        })
+    }
+
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    /// Compiles `bytes` and links it against WASI, so that every reason it
+    /// cannot run (malformed, a missing import, no entry point) is reported
+    /// here, at Create, rather than at Start.
+    pub fn prepare(&self, bytes: &[u8], kind: WasmKind) -> Result<Program, EngineError> {
+        let engine = &self.inner.engine;
+        match kind {
+            WasmKind::Component => {
+                let component = Component::new(engine, bytes).map_err(EngineError::compile)?;
+                let pre = self
+                    .inner
+                    .components
+                    .instantiate_pre(&component)
+                    .map_err(EngineError::link)?;
+                let cmd = CommandPre::new(pre).map_err(|_| EngineError::NoEntry {
+                    what: "component does not export wasi:cli/run (only WASI commands can run as a container)".into(),
+                })?;
+                Ok(Program::Command(cmd))
+            }
+            WasmKind::Module => {
+                let module = Module::new(engine, bytes).map_err(EngineError::compile)?;
+                match module.get_export("_start") {
+                    Some(wasmtime::ExternType::Func(_)) => {}
+                    _ => {
+                        return Err(EngineError::NoEntry {
+                            what: "core module does not export a _start function (only WASI commands can run as a container)".into(),
+                        })
+                    }
+                }
+                let pre = self
+                    .inner
+                    .modules
+                    .instantiate_pre(&module)
+                    .map_err(EngineError::link)?;
+                Ok(Program::Module(pre))
+            }
+        }
+    }
+}

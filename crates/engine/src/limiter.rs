@@ -1,0 +1,124 @@
+//! Memory accounting and the memory cap from `linux.resources.memory.limit`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Live figures of one guest, shared with the shim for Stats.
+#[derive(Debug, Default)]
+pub struct GuestStats {
+    /// Bytes of linear memory and tables currently allocated.
+    pub memory_bytes: AtomicU64,
+    /// Highest `memory_bytes` seen.
+    pub memory_max_bytes: AtomicU64,
+    /// CPU time spent running the guest (and its WASI calls), in nanoseconds.
+    pub cpu_ns: AtomicU64,
+    /// A growth was refused because of the cap.
+    pub oom: AtomicBool,
+    /// Times a growth was refused.
+    pub oom_events: AtomicU64,
+    /// Times the guest was made to wait for its CPU quota.
+    pub throttled: AtomicU64,
+    /// Nanoseconds spent waiting for its CPU quota.
+    pub throttled_ns: AtomicU64,
+    /// Memory cap in bytes, 0 for none. Live: Update changes it.
+    memory_cap: AtomicU64,
+    /// CPU quota and period in microseconds, 0 for none. Live as well.
+    cpu_quota_us: AtomicU64,
+    cpu_period_us: AtomicU64,
+}
+
+impl GuestStats {
+    pub fn set_memory_cap(&self, bytes: Option<u64>) {
+        self.memory_cap.store(bytes.unwrap_or(0), Ordering::Relaxed);
+    }
+    pub fn memory_cap(&self) -> Option<u64> {
+        Some(self.memory_cap.load(Ordering::Relaxed)).filter(|b| *b > 0)
+    }
+    pub fn set_cpu_quota(&self, q: Option<wasmcell_grants::CpuQuota>) {
+        let (quota, period) = q.map_or((0, 0), |q| (q.quota_us, q.period_us));
+        self.cpu_period_us.store(period, Ordering::Relaxed);
+        self.cpu_quota_us.store(quota, Ordering::Relaxed);
+    }
+    pub fn cpu_quota(&self) -> Option<wasmcell_grants::CpuQuota> {
+        let quota_us = self.cpu_quota_us.load(Ordering::Relaxed);
+        let period_us = self.cpu_period_us.load(Ordering::Relaxed);
+        (quota_us > 0 && period_us > 0).then_some(wasmcell_grants::CpuQuota { quota_us, period_us })
+    }
+}
+
+pub(crate) struct MemoryLimiter {
+    pub(crate) stats: Arc<GuestStats>,
+}
+
+impl MemoryLimiter {
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let delta = desired.saturating_sub(current) as u64;
+        let used = self.stats.memory_bytes.load(Ordering::Relaxed);
+        if let Some(cap) = self.stats.memory_cap() {
+            if used.saturating_add(delta) > cap {
+                self.stats.oom.store(true, Ordering::Relaxed);
+                self.stats.oom_events.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        let now = self.stats.memory_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.stats.memory_max_bytes.fetch_max(now, Ordering::Relaxed);
+        true
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        Ok(self.grow(current, desired))
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        // Table elements are pointer-sized on the host.
+        let size = std::mem::size_of::<usize>();
+        Ok(self.grow(current * size, desired * size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn caps_the_sum_of_growths() {
+        let stats = Arc::new(GuestStats::default());
+        stats.set_memory_cap(Some(100));
+        let mut l = MemoryLimiter { stats: stats.clone() };
+        assert!(l.memory_growing(0, 60, None).unwrap());
+        assert!(l.memory_growing(60, 100, None).unwrap());
+        assert!(!l.memory_growing(100, 101, None).unwrap());
+        assert!(stats.oom.load(Ordering::Relaxed));
+        assert_eq!(stats.memory_bytes.load(Ordering::Relaxed), 100);
+        assert!(!l.memory_growing(0, 10, Some(5)).unwrap());
+    }
+
+    #[test]
+    fn uncapped_only_counts() {
+        let stats = Arc::new(GuestStats::default());
+        let mut l = MemoryLimiter { stats: stats.clone() };
+        assert!(l.memory_growing(0, 1 << 30, None).unwrap());
+        assert_eq!(stats.memory_max_bytes.load(Ordering::Relaxed), 1 << 30);
+        assert!(!stats.oom.load(Ordering::Relaxed));
+    }
+}

@@ -1,0 +1,213 @@
+//! Running a guest to completion: instantiate, call its entry point, map the
+//! outcome to a container exit status.
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::I32Exit;
+
+use crate::ctx::{GuestConfig, GuestIo, P1State, P2State};
+use crate::limiter::{GuestStats, MemoryLimiter};
+use crate::{Engine, EngineError, Program};
+
+/// How a guest ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It returned, or called `exit(n)`.
+    Code(i32),
+    /// It trapped (the message is also written to its stderr).
+    Trap(String),
+    /// It trapped after a memory growth was refused by its memory limit.
+    OutOfMemory(String),
+}
+
+impl Exit {
+    /// The status containerd reports, as a Linux process would have it.
+    pub fn status(&self) -> u32 {
+        match self {
+            Exit::Code(c) => (*c as u32) & 0xff,
+            // 128 + SIGABRT, what the wasmtime CLI exits with on a trap.
+            Exit::Trap(_) => 134,
+            // 128 + SIGKILL, what the kernel's OOM killer leaves.
+            Exit::OutOfMemory(_) => 137,
+        }
+    }
+}
+
+thread_local! {
+    /// Thread CPU time at the start of the current guest poll on this thread.
+    static POLL_START_NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Adds the CPU time of every poll of `inner` to `stats.cpu_ns`.
+struct Metered<F> {
+    inner: Pin<Box<F>>,
+    stats: Arc<GuestStats>,
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = thread_cpu_ns();
+        POLL_START_NS.with(|c| c.set(start));
+        let out = self.inner.as_mut().poll(cx);
+        let spent = thread_cpu_ns().saturating_sub(start);
+        self.stats.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        out
+    }
+}
+
+/// CPU use so far, including the poll in progress on this thread.
+fn cpu_used_ns(stats: &GuestStats) -> u64 {
+    let in_poll = thread_cpu_ns().saturating_sub(POLL_START_NS.with(|c| c.get()));
+    stats.cpu_ns.load(Ordering::Relaxed) + in_poll
+}
+
+/// Called at every epoch tick while the guest runs: yield to the runtime (so
+/// a kill lands and other guests run), and sleep out the rest of the period
+/// when the guest has used its CPU quota.
+fn deadline_callback<T>(
+    config: &GuestConfig,
+    stats: Arc<GuestStats>,
+) -> impl FnMut(wasmtime::StoreContextMut<T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static
+{
+    let _ = config;
+    let mut window = (Instant::now(), 0u64);
+    move |_| {
+        let Some(q) = stats.cpu_quota() else {
+            return Ok(UpdateDeadline::Yield(1));
+        };
+        let period = Duration::from_micros(q.period_us);
+        let now = Instant::now();
+        let used = cpu_used_ns(&stats);
+        if now.duration_since(window.0) >= period {
+            window = (now, used);
+        }
+        if used.saturating_sub(window.1) >= q.quota_us * 1000 {
+            let wait = (window.0 + period).saturating_duration_since(now);
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+            stats.throttled_ns.fetch_add(wait.as_nanos() as u64, Ordering::Relaxed);
+            return Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait))));
+        }
+        Ok(UpdateDeadline::Yield(1))
+    }
+}
+
+impl Engine {
+    /// Runs `program` to completion under `config`. Must be polled inside a
+    /// tokio runtime. Dropping the future stops the guest at its next epoch
+    /// tick at the latest; that is how a kill is delivered.
+    pub async fn run(
+        &self,
+        program: &Program,
+        config: &GuestConfig,
+        io: GuestIo,
+        stats: Arc<GuestStats>,
+    ) -> Result<Exit, EngineError> {
+        let _running = self.inner.ticker.running();
+        // The grants give the initial limits unless the caller (Update) has
+        // already set live ones.
+        if stats.memory_cap().is_none() {
+            stats.set_memory_cap(config.limits.memory_bytes);
+        }
+        if stats.cpu_quota().is_none() {
+            stats.set_cpu_quota(config.limits.cpu);
+        }
+        // A second handle on stderr, for the shim's own word on a trap.
+        let stderr_note: Option<OwnedFd> = io.stderr.as_ref().and_then(|fd| fd.try_clone().ok());
+        let builder = config.builder(io)?;
+        let fut = self.run_inner(program, config, builder, stats.clone());
+        let result = Metered {
+            inner: Box::pin(fut),
+            stats: stats.clone(),
+        }
+        .await;
+        let exit = match result {
+            Ok(exit) => exit,
+            Err(e) => {
+                if let Some(code) = e.downcast_ref::<I32Exit>() {
+                    Exit::Code(code.0)
+                } else {
+                    let msg = format!("{e:?}");
+                    if stats.oom.load(Ordering::Relaxed) {
+                        Exit::OutOfMemory(msg)
+                    } else {
+                        Exit::Trap(msg)
+                    }
+                }
+            }
+        };
+        let note = match &exit {
+            Exit::Code(_) => None,
+            Exit::Trap(m) => Some(format!("wasmcell: guest trapped: {m}\n")),
+            Exit::OutOfMemory(m) => Some(format!(
+                "wasmcell: guest exceeded its memory limit ({} bytes): {m}\n",
+                config.limits.memory_bytes.unwrap_or(0)
+            )),
+        };
+        if let (Some(note), Some(fd)) = (note, stderr_note) {
+            if let Ok(mut tx) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
+                // Bounded: a reader that never drains must not hold the exit.
+                let _ = tokio::time::timeout(Duration::from_secs(2), tx.write_all(note.as_bytes())).await;
+            }
+        }
+        Ok(exit)
+    }
+
+    async fn run_inner(
+        &self,
+        program: &Program,
+        config: &GuestConfig,
+        mut builder: wasmtime_wasi::WasiCtxBuilder,
+        stats: Arc<GuestStats>,
+    ) -> wasmtime::Result<Exit> {
+        let limiter = MemoryLimiter {
+            stats: stats.clone(),
+        };
+        let engine = &self.inner.engine;
+        match program {
+            Program::Command(pre) => {
+                let state = P2State {
+                    wasi: builder.build(),
+                    table: ResourceTable::new(),
+                    limiter,
+                };
+                let mut store = Store::new(engine, state);
+                store.limiter(|s| &mut s.limiter);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(deadline_callback(config, stats));
+                let cmd = pre.instantiate_async(&mut store).await?;
+                let out = cmd.wasi_cli_run().call_run(&mut store).await?;
+                Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
+            }
+            Program::Module(pre) => {
+                let state = P1State {
+                    wasi: builder.build_p1(),
+                    limiter,
+                };
+                let mut store = Store::new(engine, state);
+                store.limiter(|s| &mut s.limiter);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(deadline_callback(config, stats));
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await?;
+                Ok(Exit::Code(0))
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The epoch clock. It runs only while some guest is executing, so an idle
+//! shim wakes no thread at all.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+pub(crate) struct Ticker {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    active: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Held by a running guest; the clock stops when the last one is dropped.
+pub(crate) struct Running {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Ticker {
+    pub(crate) fn new(engine: wasmtime::Engine, tick: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            active: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                {
+                    let mut guard = s.lock.lock().unwrap_or_else(|p| p.into_inner());
+                    while s.active.load(Ordering::SeqCst) == 0 {
+                        guard = s.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            })
+            .expect("spawn epoch thread");
+        Ticker { shared }
+    }
+
+    pub(crate) fn running(&self) -> Running {
+        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.wake.notify_all();
+        Running {
+            shared: self.shared.clone(),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+use std::io::Read;
+use std::path::Path;
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use thiserror::Error;
+
+use crate::classify::{classify, NotWasm, WasmKind};
+
+/// Largest Wasm file a container may name (guards the shim's memory against a
+/// hostile image; real components are tens of MB at most).
+pub const MAX_WASM_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, Error)]
+pub enum EntrypointError {
+    #[error("cannot open rootfs {path}: {source}")]
+    Rootfs {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("entrypoint {0} not found in the container's rootfs (check the image's entrypoint / process.args[0])")]
+    NotFound(String),
+    #[error("entrypoint {0} resolves outside the container's rootfs")]
+    Escapes(String),
+    #[error("entrypoint {0} is a directory, not a .wasm file")]
+    IsDir(String),
+    #[error("entrypoint {path} is {size} bytes, more than the {max}-byte limit")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("cannot read entrypoint {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("entrypoint {path}: {reason}")]
+    NotWasm { path: String, reason: NotWasm },
+}
+
+/// Reads the Wasm file at `guest_path` (absolute, inside the rootfs) and
+/// classifies it. Resolution happens inside the rootfs directory handle, so
+/// neither `..` nor an absolute symlink can reach a host file.
+pub fn read_entrypoint(
+    rootfs: &Path,
+    guest_path: &str,
+) -> Result<(Vec<u8>, WasmKind), EntrypointError> {
+    let root = Dir::open_ambient_dir(rootfs, ambient_authority()).map_err(|source| {
+        EntrypointError::Rootfs {
+            path: rootfs.display().to_string(),
+            source,
+        }
+    })?;
+    let rel = guest_path.trim_start_matches('/');
+    let path = guest_path.to_string();
+    let mut file = root.open(rel).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => EntrypointError::NotFound(path.clone()),
+        std::io::ErrorKind::PermissionDenied if e.to_string().contains("outside") => {
+            EntrypointError::Escapes(path.clone())
+        }
+        _ if e.to_string().contains("outside") || e.to_string().contains("escape") => {
+            EntrypointError::Escapes(path.clone())
+        }
+        _ => EntrypointError::Io {
+            path: path.clone(),
+            source: e,
+        },
+    })?;
+    let meta = file.metadata().map_err(|source| EntrypointError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(EntrypointError::IsDir(path));
+    }
+    if meta.len() > MAX_WASM_BYTES {
+        return Err(EntrypointError::TooLarge {
+            path,
+            size: meta.len(),
+            max: MAX_WASM_BYTES,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.by_ref()
+        .take(MAX_WASM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| EntrypointError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let kind = classify(&bytes).map_err(|reason| EntrypointError::NotWasm { path, reason })?;
+    Ok((bytes, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("app.wasm"), MODULE).unwrap();
+        std::fs::create_dir(d.path().join("bin")).unwrap();
+        std::fs::write(d.path().join("bin/tool.wasm"), MODULE).unwrap();
+        std::fs::write(d.path().join("notes.txt"), b"hello").unwrap();
+        d
+    }
+
+    #[test]
+    fn reads_inside_rootfs() {
+        let d = rootfs();
+        let (bytes, kind) = read_entrypoint(d.path(), "/app.wasm").unwrap();
+        assert_eq!((bytes.as_slice(), kind), (MODULE, WasmKind::Module));
+        assert!(read_entrypoint(d.path(), "/bin/tool.wasm").is_ok());
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_wasm_file_in_the_rootfs() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.wasm"), MODULE).unwrap();
+        let d = rootfs();
+        symlink(outside.path().join("secret.wasm"), d.path().join("abs-link.wasm")).unwrap();
+        symlink("../../../../../../../../../../../../tmp", d.path().join("up")).unwrap();
+
+        assert!(matches!(read_entrypoint(d.path(), "/missing.wasm"), Err(EntrypointError::NotFound(_))));
+        assert!(matches!(read_entrypoint(d.path(), "/bin"), Err(EntrypointError::IsDir(_))));
+        assert!(matches!(read_entrypoint(d.path(), "/notes.txt"), Err(EntrypointError::NotWasm { .. })));
+        // Symlinks that leave the rootfs are never followed out of it.
+        assert!(read_entrypoint(d.path(), "/abs-link.wasm").is_err());
+        assert!(read_entrypoint(d.path(), "/up/x.wasm").is_err());
+        assert!(read_entrypoint(d.path(), "/../../etc/passwd").is_err());
+        let missing = d.path().join("nope");
+        assert!(matches!(read_entrypoint(&missing, "/app.wasm"), Err(EntrypointError::Rootfs { .. })));
+    }
+}

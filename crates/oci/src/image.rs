@@ -1,0 +1,387 @@
+//! Build an OCI image-layout tarball from local files, offline.
+//!
+//! The result holds one manifest for platform `wasi/wasm` with a single
+//! uncompressed tar layer, and imports with
+//! `ctr image import --all-platforms FILE`. Entries are written in a fixed
+//! order with zero timestamps, so the same inputs give the same digests.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder,
+    RootFsBuilder,
+};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("no files given: name at least one .wasm file")]
+    NoFiles,
+    #[error("no entrypoint: none of the files ends in .wasm; pass --entrypoint")]
+    NoEntrypoint,
+    #[error("image name {0:?} is not a valid reference (e.g. example.com/hello:latest)")]
+    BadName(String),
+    #[error("destination {0:?} must be an absolute path without '..'")]
+    BadDestination(String),
+    #[error("{what} {value:?} must be KEY=VALUE")]
+    BadPair { what: &'static str, value: String },
+    #[error("read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write image: {0}")]
+    Write(#[from] std::io::Error),
+    #[error("image metadata: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+/// One file to put into the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageFile {
+    pub source: PathBuf,
+    /// Absolute path inside the image.
+    pub destination: String,
+}
+
+impl FromStr for ImageFile {
+    type Err = ImageError;
+    /// `SRC` (placed at `/basename`) or `SRC:DEST`.
+    fn from_str(s: &str) -> Result<Self, ImageError> {
+        let (src, dest) = match s.split_once(':') {
+            Some((src, dest)) => (src.to_string(), dest.to_string()),
+            None => {
+                let base = Path::new(s)
+                    .file_name()
+                    .map(|b| b.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (s.to_string(), format!("/{base}"))
+            }
+        };
+        let ok = dest.starts_with('/')
+            && dest.len() > 1
+            && !dest.split('/').any(|c| c == ".." || c == ".");
+        if !ok {
+            return Err(ImageError::BadDestination(dest));
+        }
+        Ok(ImageFile {
+            source: src.into(),
+            destination: dest,
+        })
+    }
+}
+
+/// What goes into the image.
+#[derive(Clone, Debug, Default)]
+pub struct ImageSpec {
+    /// Full reference, e.g. `example.com/wasmcell/hello:latest`.
+    pub name: String,
+    pub files: Vec<ImageFile>,
+    /// Defaults to the first file ending in `.wasm`.
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub labels: Vec<String>,
+    pub working_dir: Option<String>,
+}
+
+/// The digests of what was written, for callers that want to print them.
+#[derive(Clone, Debug)]
+pub struct Built {
+    pub manifest: Descriptor,
+    pub layer_digest: String,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn descriptor(media: MediaType, bytes: &[u8]) -> Result<Descriptor, ImageError> {
+    Ok(DescriptorBuilder::default()
+        .media_type(media)
+        .size(bytes.len() as u64)
+        .digest(Digest::from_str(&format!("sha256:{}", sha256(bytes)))?)
+        .build()?)
+}
+
+fn check_pairs(what: &'static str, pairs: &[String]) -> Result<(), ImageError> {
+    for p in pairs {
+        if !p.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+            return Err(ImageError::BadPair {
+                what,
+                value: p.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The uncompressed layer tar holding `files`, with parent directories.
+fn layer(files: &[ImageFile]) -> Result<Vec<u8>, ImageError> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut dirs: Vec<String> = Vec::new();
+    for f in files {
+        let rel = f.destination.trim_start_matches('/');
+        let mut acc = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            acc.push_str(part);
+            acc.push('/');
+            if !dirs.contains(&acc) {
+                dirs.push(acc.clone());
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(0);
+                builder.append_data(&mut h, &acc, std::io::empty())?;
+            }
+        }
+        let data = std::fs::read(&f.source).map_err(|source| ImageError::Read {
+            path: f.source.display().to_string(),
+            source,
+        })?;
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        builder.append_data(&mut h, rel, data.as_slice())?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+/// Writes the image-layout tarball for `spec` to `out`.
+pub fn build(spec: &ImageSpec, out: impl Write) -> Result<Built, ImageError> {
+    if spec.files.is_empty() {
+        return Err(ImageError::NoFiles);
+    }
+    let (repo, tag) = split_name(&spec.name)?;
+    check_pairs("--env", &spec.env)?;
+    check_pairs("--label", &spec.labels)?;
+    let entrypoint = match &spec.entrypoint {
+        Some(e) if !e.is_empty() => e.clone(),
+        _ => vec![spec
+            .files
+            .iter()
+            .find(|f| f.destination.ends_with(".wasm"))
+            .ok_or(ImageError::NoEntrypoint)?
+            .destination
+            .clone()],
+    };
+
+    let layer = layer(&spec.files)?;
+    let layer_desc = descriptor(MediaType::ImageLayer, &layer)?;
+    let diff_id = format!("sha256:{}", sha256(&layer));
+
+    let labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let mut cfg = ConfigBuilder::default().entrypoint(entrypoint).env(spec.env.clone());
+    if !spec.cmd.is_empty() {
+        cfg = cfg.cmd(spec.cmd.clone());
+    }
+    if !labels.is_empty() {
+        cfg = cfg.labels(labels);
+    }
+    if let Some(w) = &spec.working_dir {
+        cfg = cfg.working_dir(w.clone());
+    }
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Wasm)
+        .os(Os::from("wasi"))
+        .config(cfg.build()?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![diff_id])
+                .build()?,
+        )
+        .build()?;
+    let config_bytes = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
+    let config_desc = descriptor(MediaType::ImageConfig, &config_bytes)?;
+
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config_desc.clone())
+        .layers(vec![layer_desc.clone()])
+        .build()?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(std::io::Error::other)?;
+    let mut manifest_desc = descriptor(MediaType::ImageManifest, &manifest_bytes)?;
+    manifest_desc.set_platform(Some(
+        PlatformBuilder::default()
+            .architecture(Arch::Wasm)
+            .os(Os::from("wasi"))
+            .build()?,
+    ));
+    manifest_desc.set_annotations(Some(HashMap::from([
+        ("io.containerd.image.name".to_string(), format!("{repo}:{tag}")),
+        ("org.opencontainers.image.ref.name".to_string(), tag.clone()),
+    ])));
+
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest_desc.clone()])
+        .build()?;
+    let index_bytes = serde_json::to_vec(&index).map_err(std::io::Error::other)?;
+    let layout = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()?;
+    let layout_bytes = serde_json::to_vec(&layout).map_err(std::io::Error::other)?;
+
+    let mut tarball = tar::Builder::new(out);
+    tarball.mode(tar::HeaderMode::Deterministic);
+    let mut put = |path: &str, data: &[u8]| -> std::io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(if path.ends_with('/') {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_mode(if path.ends_with('/') { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(0);
+        tarball.append_data(&mut h, path, data)
+    };
+    put("oci-layout", &layout_bytes)?;
+    put("blobs/", &[])?;
+    put("blobs/sha256/", &[])?;
+    for (desc, bytes) in [
+        (&layer_desc, &layer),
+        (&config_desc, &config_bytes),
+        (&manifest_desc, &manifest_bytes),
+    ] {
+        put(&format!("blobs/sha256/{}", desc.digest().digest()), bytes)?;
+    }
+    put("index.json", &index_bytes)?;
+    tarball.into_inner()?.flush()?;
+    Ok(Built {
+        manifest: manifest_desc,
+        layer_digest: layer_desc.digest().to_string(),
+    })
+}
+
+/// Splits `repo[:tag]` (a registry port is not a tag).
+fn split_name(name: &str) -> Result<(String, String), ImageError> {
+    let bad = || ImageError::BadName(name.to_string());
+    if name.is_empty() || name.contains(char::is_whitespace) || name.contains('@') {
+        return Err(bad());
+    }
+    let last_slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
+    let (repo, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], &name[last_slash + i + 1..]),
+        None => (name, "latest"),
+    };
+    if repo.is_empty() || tag.is_empty() || repo.ends_with('/') {
+        return Err(bad());
+    }
+    Ok((repo.to_string(), tag.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn entries(tarball: &[u8]) -> HashMap<String, Vec<u8>> {
+        let mut a = tar::Archive::new(tarball);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                (e.path().unwrap().display().to_string(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn file_arguments() {
+        assert_eq!(
+            "a/b/hello.wasm".parse::<ImageFile>().unwrap(),
+            ImageFile { source: "a/b/hello.wasm".into(), destination: "/hello.wasm".into() }
+        );
+        assert_eq!("x:/bin/x.wasm".parse::<ImageFile>().unwrap().destination, "/bin/x.wasm");
+        assert!("x:rel".parse::<ImageFile>().is_err());
+        assert!("x:/a/../b".parse::<ImageFile>().is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(split_name("h").unwrap(), ("h".into(), "latest".into()));
+        assert_eq!(split_name("reg:5000/a/h:v1").unwrap(), ("reg:5000/a/h".into(), "v1".into()));
+        assert_eq!(split_name("reg:5000/a/h").unwrap(), ("reg:5000/a/h".into(), "latest".into()));
+        assert!(split_name("").is_err());
+        assert!(split_name("a b").is_err());
+        assert!(split_name("a:").is_err());
+    }
+
+    #[test]
+    fn builds_a_deterministic_layout() {
+        let d = tempfile::tempdir().unwrap();
+        let wasm = d.path().join("hello.wasm");
+        std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
+        let spec = ImageSpec {
+            name: "example.com/hello:v1".into(),
+            files: vec![
+                ImageFile { source: wasm.clone(), destination: "/hello.wasm".into() },
+                ImageFile { source: wasm.clone(), destination: "/data/copy.wasm".into() },
+            ],
+            env: vec!["A=1".into()],
+            labels: vec!["org.example=yes".into()],
+            ..Default::default()
+        };
+        let mut a = Vec::new();
+        build(&spec, &mut a).unwrap();
+        let mut b = Vec::new();
+        build(&spec, &mut b).unwrap();
+        assert_eq!(a, b, "same inputs give the same bytes");
+
+        let files = entries(&a);
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let m = &index["manifests"][0];
+        assert_eq!(m["platform"]["os"], "wasi");
+        assert_eq!(m["platform"]["architecture"], "wasm");
+        assert_eq!(m["annotations"]["io.containerd.image.name"], "example.com/hello:v1");
+        let mdigest = m["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{mdigest}")]).unwrap();
+        let cdigest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{cdigest}")]).unwrap();
+        assert_eq!(config["config"]["Entrypoint"][0], "/hello.wasm");
+        assert_eq!(config["config"]["Env"][0], "A=1");
+        assert_eq!(config["os"], "wasi");
+        let ldigest = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let layer = entries(&files[&format!("blobs/sha256/{ldigest}")]);
+        assert!(layer.contains_key("hello.wasm") && layer.contains_key("data/copy.wasm"));
+        assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{ldigest}"));
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        assert!(matches!(build(&ImageSpec { name: "x".into(), ..Default::default() }, Vec::new()), Err(ImageError::NoFiles)));
+        let spec = ImageSpec {
+            name: "x".into(),
+            files: vec![ImageFile { source: "/nonexistent/a.wasm".into(), destination: "/a.wasm".into() }],
+            ..Default::default()
+        };
+        assert!(matches!(build(&spec, Vec::new()), Err(ImageError::Read { .. })));
+        let spec = ImageSpec { env: vec!["NOEQ".into()], ..spec };
+        assert!(matches!(build(&spec, Vec::new()), Err(ImageError::BadPair { .. })));
+    }
+}

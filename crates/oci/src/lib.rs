@@ -1,0 +1,16 @@
+//! Which Wasm a container runs, what kind it is, and how to package one.
+//!
+//! - [`entrypoint`]: read `process.args[0]` from the rootfs without ever
+//!   leaving it (no `..`, no symlink out), with errors a `ctr` user can act on.
+//! - [`classify`]: component, core module, or not Wasm at all, from the bytes.
+//! - [`image`]: build an OCI image-layout tarball from `.wasm` (and other)
+//!   files, for `ctr image import --all-platforms`.
+
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod entrypoint;
+pub mod image;
+
+pub use classify::{classify, WasmKind};
+pub use entrypoint::{read_entrypoint, EntrypointError};

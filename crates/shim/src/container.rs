@@ -1,0 +1,92 @@
+//! One container: what Create prepared, and its state machine
+//! Created -> Running -> Stopped (or Created -> Stopped when killed unstarted).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::asynchronous::io::IoTasks;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use tokio::sync::{oneshot, watch};
+use wasmcell_engine::{GuestConfig, GuestIo, GuestStats, Program};
+
+use crate::rootfs;
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum State {
+    Created,
+    Running,
+    Stopped { status: u32, at: Timestamp },
+}
+
+pub(crate) struct Container {
+    pub(crate) id: String,
+    pub(crate) bundle: PathBuf,
+    /// `<bundle>/rootfs` when the shim mounted the snapshot there.
+    pub(crate) mounted_rootfs: Option<PathBuf>,
+    pub(crate) stdin: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) program: Program,
+    pub(crate) config: GuestConfig,
+    pub(crate) io: IoTasks,
+    /// The guest's pipe ends, handed to the guest at Start.
+    pub(crate) guest_io: Mutex<Option<GuestIo>>,
+    pub(crate) stats: Arc<GuestStats>,
+    pub(crate) state: Mutex<State>,
+    /// Set once, when the container stops: (exit status, time).
+    pub(crate) exited: watch::Sender<Option<(u32, Timestamp)>>,
+    /// Delivers a terminating signal to the running guest.
+    pub(crate) kill: Mutex<Option<oneshot::Sender<u32>>>,
+}
+
+impl Container {
+    pub(crate) fn state(&self) -> State {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the exit once; returns false if it was already recorded.
+    pub(crate) fn record_exit(&self, status: u32, at: Timestamp) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*st, State::Stopped { .. }) {
+            return false;
+        }
+        *st = State::Stopped {
+            status,
+            at: at.clone(),
+        };
+        drop(st);
+        self.exited.send_replace(Some((status, at)));
+        true
+    }
+
+    /// Releases everything the container holds on the host: stdio, the
+    /// rootfs mount, private directories.
+    pub(crate) async fn release(&self) {
+        drop(self.guest_io.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.io.shutdown().await;
+        cleanup(&self.bundle, self.mounted_rootfs.as_deref());
+    }
+}
+
+/// Directory of the container's private (tmpfs) directories.
+pub(crate) fn private_dir(bundle: &Path) -> PathBuf {
+    bundle.join("wasmcell")
+}
+
+fn cleanup(bundle: &Path, rootfs_mount: Option<&Path>) {
+    if let Some(r) = rootfs_mount {
+        rootfs::unmount(r);
+    }
+    let private = private_dir(bundle);
+    if private.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&private) {
+            log::warn!("remove {}: {e}", private.display());
+        }
+    }
+}
+
+/// Cleanup for a bundle whose shim is gone (`shim delete`): the rootfs may
+/// still be mounted; what is mounted below the bundle is ours to unmount.
+pub(crate) fn cleanup_bundle(bundle: &Path) {
+    cleanup(bundle, Some(&bundle.join("rootfs")));
+}

@@ -1,0 +1,505 @@
+//! The task service: containerd's shim v2 task API over ttrpc.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Task, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::api;
+use containerd_shim_protos::api::Status;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use tokio::sync::{oneshot, watch};
+use wasmcell_engine::{Engine, Exit, GuestConfig, GuestStats, SocketScope};
+use wasmcell_grants::{Grants, Network};
+
+use crate::container::{private_dir, Container, State};
+use crate::events::Events;
+use crate::sys::netns::{self, Joined};
+use crate::{rootfs, stdio, ShimError};
+
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    engine: OnceLock<Engine>,
+    events: Events,
+    exit: Arc<ExitSignal>,
+    pid: u32,
+}
+
+/// Guests run on a runtime of their own, so a guest that computes for its
+/// whole epoch slice never delays a task RPC.
+fn guest_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).min(4))
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()
+            .expect("guest runtime")
+    })
+}
+
+fn now() -> Timestamp {
+    containerd_shim::util::timestamp().unwrap_or_default()
+}
+
+/// Signals whose default action is not to terminate the process.
+fn ignored_signal(sig: u32) -> bool {
+    matches!(sig as i32, libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH)
+}
+
+fn stop_signal(sig: u32) -> bool {
+    matches!(sig as i32, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)
+}
+
+/// Sockets for a guest: only when the shim really sits in the network the
+/// container's spec asks for; otherwise none at all.
+fn socket_scope(network: &Network, joined: &Joined) -> SocketScope {
+    match (network, joined) {
+        (Network::Host, Joined::Host) => SocketScope::Namespace { dns: true },
+        (Network::Private, Joined::Private) => SocketScope::Namespace { dns: false },
+        (Network::Namespace(p), Joined::Path(q)) if p == q => SocketScope::Namespace { dns: true },
+        _ => {
+            log::warn!("guest network {network:?} differs from the shim's ({joined:?}): no sockets granted");
+            SocketScope::Denied
+        }
+    }
+}
+
+impl TaskService {
+    pub(crate) fn new(publisher: RemotePublisher, namespace: String, exit: Arc<ExitSignal>) -> Self {
+        TaskService {
+            inner: Arc::new(Inner {
+                containers: Mutex::new(HashMap::new()),
+                engine: OnceLock::new(),
+                events: Events::new(publisher, namespace),
+                exit,
+                pid: std::process::id(),
+            }),
+        }
+    }
+
+    fn engine(&self) -> Result<Engine, ShimError> {
+        if let Some(e) = self.inner.engine.get() {
+            return Ok(e.clone());
+        }
+        let e = Engine::new().map_err(|e| ShimError::Internal(e.to_string()))?;
+        Ok(self.inner.engine.get_or_init(|| e).clone())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(id.to_string()))
+    }
+
+    fn no_exec(exec_id: &str) -> Result<(), ShimError> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(ShimError::NotFound(format!("exec {exec_id} (Wasm containers have no exec processes)")))
+        }
+    }
+
+    /// Everything Create does after the rootfs is mounted; the caller undoes
+    /// the mount if this fails.
+    async fn prepare(
+        &self,
+        req: &api::CreateTaskRequest,
+        grants: &Grants,
+        mounted_rootfs: Option<PathBuf>,
+    ) -> Result<Container, ShimError> {
+        let bundle = PathBuf::from(&req.bundle);
+        let rootfs = grants.root.host().expect("root is a host dir").to_path_buf();
+        let entry = grants.program.entrypoint.clone();
+        let (bytes, kind) =
+            tokio::task::spawn_blocking(move || wasmcell_oci::read_entrypoint(&rootfs, &entry))
+                .await
+                .map_err(|e| ShimError::Internal(e.to_string()))??;
+        let engine = self.engine()?;
+        let program = tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind))
+            .await
+            .map_err(|e| ShimError::Internal(e.to_string()))??;
+        let scope = socket_scope(&grants.network, &netns::joined());
+        let config = GuestConfig::from_grants(grants, &private_dir(&bundle), scope)?;
+        let (io, guest_io) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
+        let stats = Arc::new(GuestStats::default());
+        stats.set_memory_cap(grants.limits.memory_bytes);
+        stats.set_cpu_quota(grants.limits.cpu);
+        Ok(Container {
+            id: req.id.clone(),
+            bundle,
+            mounted_rootfs,
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            program,
+            config,
+            io,
+            guest_io: Mutex::new(Some(guest_io)),
+            stats,
+            state: Mutex::new(State::Created),
+            exited: watch::channel(None).0,
+            kill: Mutex::new(None),
+        })
+    }
+
+    async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse, ShimError> {
+        if req.id.is_empty() {
+            return Err(ShimError::InvalidArgument("container id is empty".into()));
+        }
+        if self.get(&req.id).is_ok() {
+            return Err(ShimError::AlreadyExists(req.id.clone()));
+        }
+        if req.terminal {
+            return Err(ShimError::InvalidArgument(
+                "a terminal (tty) is not supported for Wasm containers: run without -t/--tty".into(),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented("restoring from a checkpoint is not supported for Wasm containers".into()));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let b = bundle.clone();
+        let (_spec, grants) = tokio::task::spawn_blocking(move || wasmcell_grants::grants_for_bundle(&b))
+            .await
+            .map_err(|e| ShimError::Internal(e.to_string()))??;
+        let mounted = if req.rootfs.is_empty() {
+            None
+        } else {
+            let target = bundle.join("rootfs");
+            rootfs::mount(&req.rootfs, &target).await?;
+            Some(target)
+        };
+        let container = match self.prepare(&req, &grants, mounted.clone()).await {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                if let Some(m) = &mounted {
+                    rootfs::unmount(m);
+                }
+                let _ = std::fs::remove_dir_all(private_dir(&bundle));
+                return Err(e);
+            }
+        };
+        let inserted = {
+            let mut map = self.inner.containers.lock().unwrap_or_else(|p| p.into_inner());
+            if map.contains_key(&req.id) {
+                false
+            } else {
+                map.insert(req.id.clone(), container.clone());
+                true
+            }
+        };
+        if !inserted {
+            container.release().await;
+            return Err(ShimError::AlreadyExists(req.id.clone()));
+        }
+        self.inner
+            .events
+            .create(&req.id, &req.bundle, req.rootfs.clone(), &req.stdin, &req.stdout, &req.stderr, self.inner.pid)
+            .await;
+        Ok(api::CreateTaskResponse {
+            pid: self.inner.pid,
+            ..Default::default()
+        })
+    }
+
+    /// Records an exit and tells containerd, once.
+    async fn exited(&self, c: &Container, status: u32, oom: bool) {
+        let at = now();
+        if c.record_exit(status, at.clone()) {
+            log::info!("exit id={} status={status}", c.id);
+            if oom {
+                self.inner.events.oom(&c.id).await;
+            }
+            self.inner.events.exit(&c.id, self.inner.pid, status, at).await;
+        }
+    }
+
+    async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let engine = self.engine()?;
+        let (kill_tx, kill_rx) = oneshot::channel::<u32>();
+        {
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            if *st != State::Created {
+                return Err(ShimError::FailedPrecondition(format!("container {} is not in the created state", c.id)));
+            }
+            *st = State::Running;
+        }
+        *c.kill.lock().unwrap_or_else(|p| p.into_inner()) = Some(kill_tx);
+        let io = c.guest_io.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        self.inner.events.start(&c.id, self.inner.pid).await;
+        let svc = self.clone();
+        let container = c.clone();
+        guest_runtime().spawn(async move {
+            let c = container;
+            let (status, oom) = tokio::select! {
+                r = engine.run(&c.program, &c.config, io, c.stats.clone()) => match r {
+                    Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory(_))),
+                    Err(e) => {
+                        log::error!("start id={}: {e}", c.id);
+                        (126, false)
+                    }
+                },
+                sig = kill_rx => (128 + sig.unwrap_or(libc::SIGKILL as u32), false),
+            };
+            svc.exited(&c, status, oom).await;
+        });
+        Ok(api::StartResponse {
+            pid: self.inner.pid,
+            ..Default::default()
+        })
+    }
+
+    async fn do_kill(&self, req: api::KillRequest) -> Result<(), ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let sig = req.signal;
+        if sig == 0 {
+            return match c.state() {
+                State::Stopped { .. } => Err(ShimError::NotFound(format!("{}: process already finished", c.id))),
+                _ => Ok(()),
+            };
+        }
+        if stop_signal(sig) {
+            return Err(ShimError::Unimplemented(format!(
+                "signal {sig} would stop the process; Wasm containers cannot be paused"
+            )));
+        }
+        match c.state() {
+            State::Stopped { .. } => Err(ShimError::NotFound(format!("{}: process already finished", c.id))),
+            _ if ignored_signal(sig) => Ok(()),
+            State::Created => {
+                self.exited(&c, 128 + sig, false).await;
+                Ok(())
+            }
+            State::Running => {
+                if let Some(tx) = c.kill.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.send(sig);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let (status, at) = match c.state() {
+            State::Running => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} is running; kill it before deleting it",
+                    c.id
+                )))
+            }
+            State::Created => {
+                let at = now();
+                c.record_exit(137, at.clone());
+                (137, at)
+            }
+            State::Stopped { status, at } => (status, at),
+        };
+        c.release().await;
+        self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+        self.inner.events.delete(&c.id, self.inner.pid, status, at.clone()).await;
+        log::info!("delete id={} status={status}", c.id);
+        Ok(api::DeleteResponse {
+            pid: self.inner.pid,
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let mut rx = c.exited.subscribe();
+        let (status, at) = loop {
+            if let Some(v) = rx.borrow_and_update().clone() {
+                break v;
+            }
+            if rx.changed().await.is_err() {
+                return Err(ShimError::Internal("container went away while waiting".into()));
+            }
+        };
+        Ok(api::WaitResponse {
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let mut resp = api::StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: self.inner.pid,
+            stdin: c.stdin.clone(),
+            stdout: c.stdout.clone(),
+            stderr: c.stderr.clone(),
+            terminal: false,
+            ..Default::default()
+        };
+        match c.state() {
+            State::Created => resp.status = Status::CREATED.into(),
+            State::Running => resp.status = Status::RUNNING.into(),
+            State::Stopped { status, at } => {
+                resp.status = Status::STOPPED.into();
+                resp.exit_status = status;
+                resp.exited_at = Some(at).into();
+            }
+        }
+        Ok(resp)
+    }
+
+    fn do_update(&self, req: api::UpdateTaskRequest) -> Result<(), ShimError> {
+        let c = self.get(&req.id)?;
+        let Some(any) = req.resources.as_ref() else {
+            return Ok(());
+        };
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("resources are not a LinuxResources JSON object: {e}")))?;
+        if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
+            c.stats.set_memory_cap((limit > 0).then_some(limit as u64));
+        }
+        if let Some(cpu) = res.cpu() {
+            let quota = cpu.quota().filter(|q| *q > 0).map(|q| wasmcell_grants::CpuQuota {
+                quota_us: q as u64,
+                period_us: cpu.period().filter(|p| (1_000..=1_000_000).contains(p)).unwrap_or(100_000),
+            });
+            c.stats.set_cpu_quota(quota);
+        }
+        log::info!("update id={}", c.id);
+        Ok(())
+    }
+}
+
+fn unimplemented<T>(what: &str) -> TtrpcResult<T> {
+    Err(ShimError::Unimplemented(format!("{what} is not supported for Wasm containers")).into())
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("create id={} bundle={}", req.id, req.bundle);
+        self.do_create(req).await.map_err(|e| {
+            log::warn!("create failed: {e}");
+            e.into()
+        })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        log::info!("start id={}", req.id);
+        Ok(self.do_start(req).await?)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        log::info!("kill id={} signal={}", req.id, req.signal);
+        self.do_kill(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        log::info!("delete id={}", req.id);
+        Ok(self.do_delete(req).await?)
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        log::debug!("wait id={}", req.id);
+        Ok(self.do_wait(req).await?)
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        Ok(self.do_state(req)?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let c = self.get(&req.id)?;
+        let mut resp = api::PidsResponse::new();
+        if c.state() == State::Running {
+            resp.processes.push(api::ProcessInfo {
+                pid: self.inner.pid,
+                ..Default::default()
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let c = self.get(&req.id)?;
+        let live = c.state() == State::Running;
+        let any = crate::metrics::to_any(&c.stats, c.stats.memory_cap(), live).map_err(ShimError::Internal)?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        self.do_update(req)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        c.io.close_input();
+        Ok(api::Empty::new())
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let _ = req;
+        Ok(api::ConnectResponse {
+            shim_pid: self.inner.pid,
+            task_pid: self.inner.pid,
+            version: format!("wasmcell {}", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let empty = self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        if empty {
+            log::info!("shutdown: no containers left, exiting");
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("pause")
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("resume")
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("checkpoint")
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("exec")
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("resize pty (there is no terminal)")
+    }
+}

@@ -1,0 +1,4 @@
+//! Every raw Linux call of the shim lives below this module, each `unsafe`
+//! block with its SAFETY argument. The rest of the crate calls safe wrappers.
+
+pub mod netns;
