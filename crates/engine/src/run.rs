@@ -142,7 +142,7 @@ impl Engine {
                 if let Some(code) = e.downcast_ref::<I32Exit>() {
                     Exit::Code(code.0)
                 } else {
-                    let msg = format!("{e:?}");
+                    let msg = format!("{e:#}");
                     if stats.oom.load(Ordering::Relaxed) {
                         Exit::OutOfMemory(msg)
                     } else {

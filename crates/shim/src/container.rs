@@ -29,6 +29,7 @@ pub(crate) struct Container {
     pub(crate) program: Program,
     pub(crate) config: GuestConfig,
     pub(crate) io: IoTasks,
+    pub(crate) stdin_copy: crate::stdio::Stdin,
     /// The guest's pipe ends, handed to the guest at Start.
     pub(crate) guest_io: Mutex<Option<GuestIo>>,
     pub(crate) stats: Arc<GuestStats>,
@@ -63,6 +64,7 @@ impl Container {
     /// rootfs mount, private directories.
     pub(crate) async fn release(&self) {
         drop(self.guest_io.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.stdin_copy.close();
         self.io.shutdown().await;
         cleanup(&self.bundle, self.mounted_rootfs.as_deref());
     }

@@ -6,13 +6,14 @@
 //! [`container`], stdio wiring in [`stdio`], rootfs mounts in [`rootfs`], and
 //! every raw Linux call in [`sys`].
 
+mod bootstrap;
 mod container;
 mod error;
 mod events;
+mod logging;
 mod metrics;
 mod rootfs;
 mod service;
-mod shim;
 mod stdio;
 pub mod sys;
 
@@ -35,11 +36,34 @@ pub fn main() {
         println!("  Wasmtime: 48");
         return;
     }
-    if let Ok(flags) = containerd_shim::parse(&args[1..]) {
-        if flags.action.is_empty() && !flags.socket.is_empty() && !flags.info {
-            // The serving daemon: its working directory is the bundle.
-            sys::netns::enter_for_bundle(std::path::Path::new("."));
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-wasmtime-v1: {e}");
+            std::process::exit(2);
         }
+    };
+    if flags.info {
+        // containerd asks before any shim instance exists; the runtime name
+        // alone tells it to accept every spec (our checks run at Create).
+        use containerd_shim_protos::protobuf::Message;
+        let info = containerd_shim_protos::types::introspection::RuntimeInfo {
+            name: RUNTIME_ID.into(),
+            ..Default::default()
+        };
+        let bytes = info.write_to_bytes().expect("encode runtime info");
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(&bytes);
+        return;
+    }
+    let serving = flags.action.is_empty();
+    if serving {
+        if flags.socket.is_empty() {
+            eprintln!("containerd-shim-wasmtime-v1: -socket is required to serve; containerd starts this binary with `start`");
+            std::process::exit(2);
+        }
+        // The serving daemon: its working directory is the bundle.
+        sys::netns::enter_for_bundle(std::path::Path::new("."));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -47,13 +71,16 @@ pub fn main() {
         .enable_all()
         .build()
         .expect("build tokio runtime");
-    runtime.block_on(containerd_shim::asynchronous::run::<shim::WasmShim>(
-        RUNTIME_ID,
-        Some(containerd_shim::Config {
-            // Guests are not child processes: there is nothing to reap.
-            no_reaper: true,
-            no_sub_reaper: true,
-            ..Default::default()
-        }),
-    ));
+    let result = runtime.block_on(async move {
+        match flags.action.as_str() {
+            "start" => bootstrap::start(flags).await,
+            "delete" => bootstrap::delete(flags).await,
+            "" => bootstrap::serve(flags).await,
+            other => Err(format!("unknown action {other:?} (expected start or delete)").into()),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("{RUNTIME_ID}: {e}");
+        std::process::exit(1);
+    }
 }

@@ -134,7 +134,7 @@ impl TaskService {
             .map_err(|e| ShimError::Internal(e.to_string()))??;
         let scope = socket_scope(&grants.network, &netns::joined());
         let config = GuestConfig::from_grants(grants, &private_dir(&bundle), scope)?;
-        let (io, guest_io) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
+        let (io, stdin_copy, guest_io) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
         let stats = Arc::new(GuestStats::default());
         stats.set_memory_cap(grants.limits.memory_bytes);
         stats.set_cpu_quota(grants.limits.cpu);
@@ -148,6 +148,7 @@ impl TaskService {
             program,
             config,
             io,
+            stdin_copy,
             guest_io: Mutex::new(Some(guest_io)),
             stats,
             state: Mutex::new(State::Created),
@@ -458,9 +459,10 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        log::info!("close_io id={} stdin={}", req.id, req.stdin);
         Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        c.io.close_input();
+        c.stdin_copy.close();
         Ok(api::Empty::new())
     }
 

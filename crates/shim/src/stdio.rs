@@ -4,6 +4,8 @@
 //! pipe parks its own future only; the shim keeps serving.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use containerd_shim::asynchronous::io::IoTasks;
 use nix::fcntl::OFlag;
@@ -53,15 +55,66 @@ async fn output(io: &IoTasks, target: &str, what: &str) -> Result<Option<OwnedFd
     Ok(Some(w))
 }
 
+/// The copy of containerd's stdin fifo into the guest's stdin pipe.
+///
+/// It ends, and the guest reads EOF, when every writer of the fifo has closed
+/// it (as with runc: `echo hi | ctr run ...` ends the guest's input even when
+/// `ctr` wins the race against its own CloseIO), or at CloseIO.
+#[derive(Clone, Default)]
+pub(crate) struct Stdin {
+    cancel: Arc<tokio::sync::Notify>,
+    path: String,
+}
+
+impl Stdin {
+    fn spawn(path: &str, tx: pipe::Sender) -> Self {
+        let me = Stdin { cancel: Arc::new(tokio::sync::Notify::new()), path: path.to_string() };
+        let cancel = me.cancel.clone();
+        let p = path.to_string();
+        tokio::spawn(async move {
+            let copy = async {
+                // A blocking open returns once containerd's writer is there;
+                // opening non-blocking would read EOF before it arrives.
+                let opened = tokio::task::spawn_blocking(move || {
+                    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&p)
+                })
+                .await;
+                let Ok(Ok(file)) = opened else { return };
+                let Ok(mut rx) = pipe::Receiver::from_file(file) else { return };
+                let mut tx = tx;
+                let _ = tokio::io::copy(&mut rx, &mut tx).await;
+            };
+            tokio::select! {
+                _ = copy => {}
+                _ = cancel.notified() => {}
+            }
+        });
+        me
+    }
+
+    /// CloseIO: end the guest's input now.
+    pub(crate) fn close(&self) {
+        self.cancel.notify_one();
+        if !self.path.is_empty() {
+            // Unblocks an open still waiting for a writer.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&self.path);
+        }
+    }
+}
+
 /// Opens the streams containerd asked for. Must run inside the shim's runtime.
-pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoTasks, GuestIo), ShimError> {
+pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoTasks, Stdin, GuestIo), ShimError> {
     let io = IoTasks::default();
     let mut guest = GuestIo::default();
+    let mut input = Stdin::default();
     let result = async {
         if !stdin.is_empty() {
             let (r, w) = os_pipe()?;
             let tx = pipe::Sender::from_owned_fd(w).map_err(|e| io_err("stdin", stdin, e))?;
-            io.copy_from_fifo(stdin, tx).map_err(|e| io_err("stdin", stdin, e))?;
+            input = Stdin::spawn(stdin, tx);
             guest.stdin = Some(r);
         }
         guest.stdout = output(&io, stdout, "stdout").await?;
@@ -70,8 +123,9 @@ pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoT
     }
     .await;
     match result {
-        Ok(()) => Ok((io, guest)),
+        Ok(()) => Ok((io, input, guest)),
         Err(e) => {
+            input.close();
             io.abort().await;
             Err(e)
         }

@@ -2,3 +2,4 @@
 //! block with its SAFETY argument. The rest of the crate calls safe wrappers.
 
 pub mod netns;
+pub mod process;
