@@ -199,7 +199,9 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
     });
     exit.wait().await;
     log::info!("shutting down");
-    let _ = server.shutdown().await;
+    // containerd keeps its connection open until we exit, so waiting for
+    // connections to drain would wait for ever: bound it.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), server.shutdown()).await;
     let _ = std::fs::remove_file(socket_path(&flags.socket));
     Ok(())
 }

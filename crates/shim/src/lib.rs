@@ -83,4 +83,7 @@ pub fn main() {
         eprintln!("{RUNTIME_ID}: {e}");
         std::process::exit(1);
     }
+    // Exit now: dropping the runtime would wait for blocking tasks (a stdin
+    // fifo open that never got a writer) that no longer matter.
+    std::process::exit(0);
 }

@@ -1,0 +1,164 @@
+//! `ctr run --runtime=io.containerd.wasmtime.v1` against a real containerd.
+
+use wasmcell_e2e::{Containerd, RUNTIME};
+
+#[test]
+fn hello_component_prints_args_env_and_exits_zero() {
+    let c = Containerd::start();
+    let r = c.run("hello", &["--env", "EXTRA=1"], &["/hello.wasm", "a", "b c"]);
+    r.ok();
+    assert!(r.stdout.contains("hello from wasmcell"), "{r:?}");
+    assert!(r.stdout.contains("args: /hello.wasm a b c"), "{r:?}");
+    // Exactly the spec's environment: the image's, ctr's PATH, --env; nothing of the host's.
+    let env: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("env: ")).collect();
+    assert!(env.contains(&"env: GREETING=hi"), "{env:?}");
+    assert!(env.contains(&"env: EXTRA=1"), "{env:?}");
+    assert!(!r.stdout.contains("HOME=") && !r.stdout.contains("TTRPC_ADDRESS"), "host env leaked: {env:?}");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn core_wasip1_module_runs_start() {
+    let c = Containerd::start();
+    let r = c.run("p1", &[], &["/hello-p1.wasm", "x"]);
+    r.ok();
+    assert!(r.stdout.contains("hello from wasmcell") && r.stdout.contains("args: /hello-p1.wasm x"), "{r:?}");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn exit_codes_reach_ctr() {
+    let c = Containerd::start();
+    // A WASIp1 module's proc_exit(n) is n.
+    assert_eq!(c.run("e42", &[], &["/exit-code-p1.wasm", "42"]).code, Some(42));
+    assert_eq!(c.run("e0", &[], &["/exit-code-p1.wasm", "0"]).code, Some(0));
+    // WASI 0.2 `exit(err)` (what Rust's exit(n != 0) becomes in a component) is 1.
+    let r = c.run("e7", &[], &["/exit-code.wasm", "7"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stdout.contains("exiting with 7"));
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn trap_is_nonzero_with_message_on_stderr() {
+    let c = Containerd::start();
+    let r = c.run("trap", &[], &["/trap.wasm"]);
+    assert_eq!(r.code, Some(134), "{r:?}");
+    assert!(r.stdout.contains("about to trap"), "{r:?}");
+    assert!(r.stderr.contains("guest trapped") && r.stderr.contains("unreachable"), "{r:?}");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn stdin_reaches_the_guest_and_eof_ends_it() {
+    let c = Containerd::start();
+    let args = ["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME, wasmcell_e2e::FIXTURES_IMAGE, "echo", "/stdin-echo.wasm"];
+    let r = c.ctr_input(&args, b"first\nsecond\n");
+    r.ok();
+    assert_eq!(r.stdout, "echo: first\necho: second\nstdin closed\n");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn terminal_is_refused_with_a_clear_error() {
+    let c = Containerd::start();
+    // ctr -t needs a console: give it one with script(1).
+    let cmd = format!(
+        "ctr -a {} run --rm -t --platform wasi/wasm --runtime {RUNTIME} {} tty /hello.wasm",
+        c.socket.display(),
+        wasmcell_e2e::FIXTURES_IMAGE
+    );
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "5", "60", "script", "-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let r = wasmcell_e2e::Ran {
+        code: out.status.code(),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    };
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("terminal") || r.stderr.contains("tty"), "{r:?}");
+    c.ctr(&["containers", "rm", "tty"]);
+    c.stop_and_check_clean();
+}
+
+/// run -d, task ls, ps, metrics, kill (SIGTERM), delete: the detached lifecycle.
+#[test]
+fn detached_lifecycle_sigterm() {
+    let mut c = Containerd::start();
+    c.watch_events();
+    c.run_detached("spin", &[], &["/spin.wasm"]).ok();
+    c.wait_status("spin", "RUNNING");
+    let ps = c.ctr(&["task", "ps", "spin"]);
+    ps.ok();
+    let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // The guest spins: its CPU time shows in metrics.
+    let mut cpu = 0u64;
+    for _ in 0..100 {
+        let m = c.ctr(&["task", "metrics", "spin"]);
+        m.ok();
+        cpu = m.stdout.lines().find(|l| l.starts_with("cpu.usage_usec")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if cpu > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(cpu > 0, "metrics report CPU time of a spinning guest");
+    // SIGTERM stops even a guest that never yields.
+    c.ctr(&["task", "kill", "-s", "SIGTERM", "spin"]).ok();
+    c.wait_status("spin", "STOPPED");
+    let del = c.ctr(&["task", "delete", "spin"]);
+    del.ok();
+    c.ctr(&["containers", "rm", "spin"]).ok();
+    let events = c.events("spin");
+    let topics: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "{events:?}");
+    let exit = &events[2].1;
+    assert_eq!(exit["exit_status"], 143, "{exit}");
+    assert_eq!(exit["pid"].as_i64(), Some(pid as i64));
+    assert!(exit["exited_at"].is_string() || exit["exited_at"].is_object(), "{exit}");
+    assert_eq!(events[3].1["exit_status"], 143);
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn sigkill_is_137() {
+    let c = Containerd::start();
+    c.run_detached("k", &[], &["/spin.wasm"]).ok();
+    c.wait_status("k", "RUNNING");
+    c.ctr(&["task", "kill", "-s", "SIGKILL", "k"]).ok();
+    c.wait_status("k", "STOPPED");
+    let del = c.ctr(&["task", "delete", "k"]);
+    assert!(del.stderr.contains("137") || del.stdout.contains("137"), "{del:?}");
+    // Killing a stopped task is an error, as with runc.
+    c.ctr(&["containers", "rm", "k"]).ok();
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn one_shim_per_container_and_it_exits_after_delete() {
+    let c = Containerd::start();
+    c.run_detached("a", &[], &["/spin.wasm"]).ok();
+    c.run_detached("b", &[], &["/spin.wasm"]).ok();
+    c.wait_status("a", "RUNNING");
+    c.wait_status("b", "RUNNING");
+    assert_eq!(c.shim_pids().len(), 2, "one shim process per ctr container");
+    for id in ["a", "b"] {
+        c.ctr(&["task", "kill", "-s", "SIGKILL", id]).ok();
+        c.wait_status(id, "STOPPED");
+        c.ctr(&["task", "delete", id]).ok();
+        c.ctr(&["containers", "rm", id]).ok();
+    }
+    // Shutdown after the last delete ends the shim (bounded wait, no timing assertion).
+    for _ in 0..200 {
+        if c.shim_pids().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(c.shim_pids().is_empty(), "shims still running after delete");
+    c.stop_and_check_clean();
+}
