@@ -59,6 +59,9 @@ enum ImageCmd {
         /// Working directory.
         #[arg(long)]
         workdir: Option<String>,
+        /// Platform OS/ARCH of the image.
+        #[arg(long, default_value = "wasi/wasm")]
+        platform: String,
         /// Files: SRC (placed at /basename) or SRC:DEST.
         #[arg(required = true)]
         files: Vec<String>,
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
             env,
             label,
             workdir,
+            platform,
             files,
         }) => {
             let files = files
@@ -89,6 +93,7 @@ fn main() -> Result<()> {
                 env,
                 labels: label,
                 working_dir: workdir,
+                platform: Some(platform),
             };
             let tmp = output.with_extension("tmp");
             let file = std::fs::File::create(&tmp)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages wasmcell's demo, tests and benchmarks use,
+# only those missing. Needs root (apt-get).
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have containerd || need+=(containerd)
+have ctr || need+=(containerd)
+have runc || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
+have hyperfine || need+=(hyperfine)
+have script || need+=(util-linux)
+have gcc || need+=(gcc libc6-dev)
+have cargo || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${need[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
