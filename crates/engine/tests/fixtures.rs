@@ -1,0 +1,165 @@
+//! The engine on the real fixture guests (test/fixtures/wasm), no containerd.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmcell_engine::{Engine, EngineError, Exit, GuestConfig, GuestIo, GuestStats, Preopen, SocketScope};
+use wasmcell_grants::Limits;
+use wasmcell_oci::{classify, WasmKind};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/wasm").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn config(root: &Path, argv: &[&str]) -> GuestConfig {
+    GuestConfig {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![("ONLY".into(), "this".into())],
+        cwd: "/".into(),
+        preopens: vec![Preopen { host: root.to_path_buf(), guest: "/".into(), readonly: false }],
+        sockets: SocketScope::Denied,
+        limits: Limits::default(),
+    }
+}
+
+struct Captured {
+    exit: Result<Exit, EngineError>,
+    stdout: String,
+    stderr: String,
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+}
+
+fn drain(fd: OwnedFd) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    })
+}
+
+fn run(engine: &Engine, wasm: &[u8], cfg: GuestConfig, stats: Arc<GuestStats>) -> Captured {
+    let kind = classify(wasm).unwrap();
+    let program = engine.prepare(wasm, kind).expect("prepare");
+    let (out_r, out_w) = pipe();
+    let (err_r, err_w) = pipe();
+    let out = drain(out_r);
+    let err = drain(err_r);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let exit = rt.block_on(async {
+        let io = GuestIo { stdin: None, stdout: Some(out_w), stderr: Some(err_w) };
+        engine.run(&program, &cfg, io, stats).await
+    });
+    drop(rt);
+    Captured { exit, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn component_gets_exactly_its_args_and_env() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let c = run(&e, &fixture("hello.wasm"), config(d.path(), &["/hello.wasm", "x"]), Default::default());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0));
+    assert_eq!(c.stdout, "hello from wasmcell\nargs: /hello.wasm x\nenv: ONLY=this\ncwd: /\n");
+}
+
+#[test]
+fn wasip1_exit_code_and_component_trap() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let c = run(&e, &fixture("exit-code-p1.wasm"), config(d.path(), &["e", "42"]), Default::default());
+    assert_eq!(c.exit.unwrap().status(), 42);
+    let c = run(&e, &fixture("trap.wasm"), config(d.path(), &["t"]), Default::default());
+    let exit = c.exit.unwrap();
+    assert!(matches!(exit, Exit::Trap(_)), "{exit:?}");
+    assert_eq!(exit.status(), 134);
+    assert!(c.stderr.contains("unreachable"), "{}", c.stderr);
+}
+
+#[test]
+fn filesystem_is_only_the_preopens_and_readonly_holds() {
+    let e = Engine::new().unwrap();
+    let root = tmp();
+    std::fs::write(root.path().join("inside.txt"), "in").unwrap();
+    let ro = tmp();
+    std::fs::write(ro.path().join("data.txt"), "ro-data").unwrap();
+    let mut cfg = config(
+        root.path(),
+        &["probe", "read", "/inside.txt", "read", "/data/data.txt", "write", "/data/new.txt", "write", "/new.txt", "read", "/etc/hostname", "read", "/../../etc/hostname"],
+    );
+    cfg.preopens.push(Preopen { host: ro.path().to_path_buf(), guest: "/data".into(), readonly: true });
+    let c = run(&e, &fixture("probe.wasm"), cfg, Default::default());
+    let lines: Vec<&str> = c.stdout.lines().collect();
+    assert!(lines[0].starts_with("read /inside.txt: ok"), "{lines:?}");
+    assert!(lines[1].starts_with("read /data/data.txt: ok"), "{lines:?}");
+    assert!(lines[2].starts_with("write /data/new.txt: denied"), "{lines:?}");
+    assert!(lines[3].starts_with("write /new.txt: ok"), "{lines:?}");
+    assert!(lines[4].starts_with("read /etc/hostname: denied"), "{lines:?}");
+    assert!(lines[5].starts_with("read /../../etc/hostname: denied"), "{lines:?}");
+    assert!(!ro.path().join("new.txt").exists());
+    assert!(root.path().join("new.txt").exists());
+}
+
+#[test]
+fn sockets_denied_when_not_granted() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let c = run(&e, &fixture("probe.wasm"), config(d.path(), &["probe", "connect", &addr]), Default::default());
+    assert!(c.stdout.contains(": denied"), "{}", c.stdout);
+}
+
+#[test]
+fn memory_cap_turns_a_bomb_into_out_of_memory() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let mut cfg = config(d.path(), &["probe", "alloc", "256"]);
+    cfg.limits.memory_bytes = Some(32 << 20);
+    let stats = Arc::new(GuestStats::default());
+    let c = run(&e, &fixture("probe.wasm"), cfg, stats.clone());
+    let exit = c.exit.unwrap();
+    assert!(matches!(exit, Exit::OutOfMemory(_)), "{exit:?} {}", c.stderr);
+    assert_eq!(exit.status(), 137);
+    assert!(stats.memory_max_bytes.load(std::sync::atomic::Ordering::Relaxed) <= 32 << 20);
+    assert!(c.stderr.contains("memory limit"), "{}", c.stderr);
+}
+
+#[test]
+fn dropping_the_future_stops_a_guest_that_never_yields() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let wasm = fixture("spin.wasm");
+    let program = e.prepare(&wasm, WasmKind::Component).unwrap();
+    let cfg = config(d.path(), &["spin"]);
+    let stats = Arc::new(GuestStats::default());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let outcome = rt.block_on(async {
+        let run = e.run(&program, &cfg, GuestIo::default(), stats.clone());
+        tokio::time::timeout(std::time::Duration::from_millis(300), run).await
+    });
+    assert!(outcome.is_err(), "the spinning guest was cut off by the timeout");
+    assert!(stats.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn link_errors_name_the_missing_import() {
+    let e = Engine::new().unwrap();
+    let comp = wat::parse_str(r#"(component (import "wasi:nothere/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
+    let err = e.prepare(&comp, WasmKind::Component).err().expect("refused");
+    assert!(err.to_string().contains("wasi:nothere/thing@0.1.0"), "{err}");
+    let module = wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#).unwrap();
+    let err = e.prepare(&module, WasmKind::Module).err().expect("refused");
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = e.prepare(b"\0asm\x01\0\0\0\x01\xff", WasmKind::Module).err().expect("refused");
+    assert!(matches!(err, EngineError::Compile(_)), "{err}");
+}
