@@ -259,6 +259,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .collect()
     }
 
+    /// Events for `id` once `last_topic` has been seen (bounded wait: events
+    /// reach `ctr events` asynchronously).
+    pub fn events_until(&self, id: &str, last_topic: &str) -> Vec<(String, serde_json::Value)> {
+        for _ in 0..200 {
+            let ev = self.events(id);
+            if ev.iter().any(|(t, _)| t == last_topic) {
+                return ev;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.events(id)
+    }
+
     /// Waits (bounded by count, not asserted on time) until `ctr task ls`
     /// shows `id` with `status`.
     pub fn wait_status(&self, id: &str, status: &str) {

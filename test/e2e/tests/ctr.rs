@@ -113,7 +113,7 @@ fn detached_lifecycle_sigterm() {
     let del = c.ctr(&["task", "delete", "spin"]);
     del.ok();
     c.ctr(&["containers", "rm", "spin"]).ok();
-    let events = c.events("spin");
+    let events = c.events_until("spin", "/tasks/delete");
     let topics: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "{events:?}");
     let exit = &events[2].1;

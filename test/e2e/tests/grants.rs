@@ -113,7 +113,7 @@ fn memory_bomb_is_oom_killed_and_others_keep_running() {
     let r = c.run("bomb", &["--memory-limit", "33554432"], &["/probe.wasm", "alloc", "512"]);
     assert_eq!(r.code, Some(137), "{r:?}");
     assert!(r.stderr.contains("memory limit"), "{r:?}");
-    let topics: Vec<String> = c.events("bomb").into_iter().map(|(t, _)| t).collect();
+    let topics: Vec<String> = c.events_until("bomb", "/tasks/delete").into_iter().map(|(t, _)| t).collect();
     assert!(topics.contains(&"/tasks/oom".to_string()), "{topics:?}");
     let ls = c.ctr(&["task", "ls"]);
     assert!(ls.stdout.lines().any(|l| l.starts_with("bystander") && l.contains("RUNNING")), "{ls:?}");
