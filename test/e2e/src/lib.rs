@@ -288,7 +288,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// Live (non-zombie) processes whose command line mentions this
     /// containerd's socket: the shims it started.
     pub fn shim_pids(&self) -> Vec<i32> {
-        pids_mentioning(&self.socket.display().to_string())
+        pids_mentioning(&format!("-address {}", self.socket.display()))
     }
 
     /// Mount points at or below this test's directory.

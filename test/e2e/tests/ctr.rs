@@ -162,3 +162,31 @@ fn one_shim_per_container_and_it_exits_after_delete() {
     assert!(c.shim_pids().is_empty(), "shims still running after delete");
     c.stop_and_check_clean();
 }
+
+/// A shim killed with SIGKILL: containerd runs `shim delete`, which unmounts
+/// and reports 137; the id can be used again.
+#[test]
+fn killed_shim_is_cleaned_up_by_shim_delete() {
+    let mut c = Containerd::start();
+    c.watch_events();
+    c.run_detached("victim", &[], &["/spin.wasm"]).ok();
+    c.wait_status("victim", "RUNNING");
+    assert!(!c.mounts().is_empty(), "the rootfs is mounted while running");
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let events = c.events_until("victim", "/tasks/exit");
+    let exit = events.iter().find(|(t, _)| t == "/tasks/exit").map(|(_, v)| v.clone()).expect("an exit event");
+    assert_eq!(exit["exit_status"], 137, "{exit}");
+    for _ in 0..200 {
+        if c.mounts().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(c.mounts().is_empty(), "rootfs still mounted after shim delete: {:?}", c.mounts());
+    c.ctr(&["task", "delete", "victim"]);
+    c.ctr(&["containers", "rm", "victim"]).ok();
+    c.run("victim", &[], &["/hello.wasm"]).ok();
+    c.stop_and_check_clean();
+}
