@@ -123,6 +123,13 @@ pub(crate) async fn delete(flags: Flags) -> Result<(), BoxError> {
     // container of this bundle and report it killed.
     let bundle = bundle_dir(&flags);
     crate::container::cleanup_bundle(&bundle);
+    if let Some(cg) = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| wasmcell_grants::parse_spec(&b).ok())
+        .and_then(|s| s.linux().as_ref()?.cgroups_path().clone())
+    {
+        crate::sys::cgroup::remove(&cg.display().to_string());
+    }
     let mut resp = DeleteResponse::new();
     resp.exit_status = 137;
     resp.exited_at = Some(containerd_shim::util::timestamp()?).into();

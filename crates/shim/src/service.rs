@@ -31,6 +31,8 @@ struct Inner {
     events: Events,
     exit: Arc<ExitSignal>,
     pid: u32,
+    /// The cgroup this shim joined, and the container it belongs to.
+    cgroup: Mutex<Option<(String, crate::sys::cgroup::Joined)>>,
 }
 
 /// Guests run on a runtime of their own, so a guest that computes for its
@@ -83,6 +85,7 @@ impl TaskService {
                 events: Events::new(publisher, namespace),
                 exit,
                 pid: std::process::id(),
+                cgroup: Mutex::new(None),
             }),
         }
     }
@@ -174,9 +177,10 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let b = bundle.clone();
-        let (_spec, grants) = tokio::task::spawn_blocking(move || wasmcell_grants::grants_for_bundle(&b))
+        let (spec, grants) = tokio::task::spawn_blocking(move || wasmcell_grants::grants_for_bundle(&b))
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))??;
+        self.join_cgroup(&req.id, &spec, &grants).await;
         let mounted = if req.rootfs.is_empty() {
             None
         } else {
@@ -191,6 +195,7 @@ impl TaskService {
                     rootfs::unmount(m);
                 }
                 let _ = std::fs::remove_dir_all(private_dir(&bundle));
+                self.leave_cgroup(&req.id).await;
                 return Err(e);
             }
         };
@@ -215,6 +220,45 @@ impl TaskService {
             pid: self.inner.pid,
             ..Default::default()
         })
+    }
+
+    /// Joins the container's cgroup if this shim has not joined one yet.
+    /// Never fails the container: a host that cannot do it (no privilege, no
+    /// controller) only loses the outer bound, which is logged.
+    async fn join_cgroup(&self, id: &str, spec: &oci_spec::runtime::Spec, grants: &Grants) {
+        let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+            return;
+        };
+        if self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        let path = path.display().to_string();
+        let limits = grants.limits.clone();
+        match tokio::task::spawn_blocking(move || crate::sys::cgroup::join(&path, &limits)).await {
+            Ok(Ok(joined)) => {
+                log::info!("create id={id}: joined cgroup {}", joined.path);
+                let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some((id.to_string(), joined));
+                }
+            }
+            Ok(Err(e)) => log::warn!("create id={id}: {e}; continuing without the outer cgroup bound"),
+            Err(e) => log::warn!("create id={id}: cgroup: {e}"),
+        }
+    }
+
+    /// Leaves and removes the cgroup if container `id` owns it.
+    async fn leave_cgroup(&self, id: &str) {
+        let joined = {
+            let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some((owner, _)) if owner == id => slot.take().map(|(_, j)| j),
+                _ => None,
+            }
+        };
+        if let Some(j) = joined {
+            let _ = tokio::task::spawn_blocking(move || j.leave()).await;
+        }
     }
 
     /// Records an exit and tells containerd, once.
@@ -316,6 +360,7 @@ impl TaskService {
         };
         c.release().await;
         self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+        self.leave_cgroup(&c.id).await;
         self.inner.events.delete(&c.id, self.inner.pid, status, at.clone()).await;
         log::info!("delete id={} status={status}", c.id);
         Ok(api::DeleteResponse {

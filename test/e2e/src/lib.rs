@@ -79,6 +79,9 @@ fn containerd_bins() -> (PathBuf, PathBuf) {
 
 pub struct Containerd {
     pub dir: tempfile::TempDir,
+    /// A containerd namespace of this test's own: cgroups (`/<ns>/<id>`) of
+    /// tests running in parallel never collide.
+    pub namespace: String,
     pub socket: PathBuf,
     ctr: PathBuf,
     child: Option<Child>,
@@ -135,7 +138,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .stderr(log)
             .spawn()
             .expect("start containerd");
+        let namespace = format!(
+            "t{}",
+            d.file_name().unwrap().to_string_lossy().trim_start_matches("wc").to_lowercase()
+        );
         let c = Containerd {
+            namespace,
             dir,
             socket,
             ctr,
@@ -162,7 +170,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     fn ctr_cmd(&self, args: &[&str]) -> Command {
         // Every ctr call is bounded, so a hung shim fails the test instead of CI.
         let mut cmd = Command::new("timeout");
-        cmd.args(["-k", "5", "120"]).arg(&self.ctr).arg("-a").arg(&self.socket).args(args);
+        cmd.args(["-k", "5", "120"])
+            .arg(&self.ctr)
+            .arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.namespace)
+            .args(args);
         cmd
     }
 
@@ -236,6 +250,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let child = Command::new(&self.ctr)
             .arg("-a")
             .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.namespace)
             .arg("events")
             .stdin(Stdio::null())
             .stdout(out)
@@ -309,6 +325,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         assert!(leftover.is_empty(), "shim processes left running: {leftover:?}");
         let mounts = self.mounts();
         assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
+        let cgroups = self.cgroups();
+        assert!(cgroups.is_empty(), "container cgroups left behind: {cgroups:?}");
+    }
+
+    /// Container cgroups (`<hierarchy>/<namespace>/<id>`) that still exist.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in ["memory", "cpu", "pids", "unified", ""] {
+            let dir = Path::new("/sys/fs/cgroup").join(h).join(&self.namespace);
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                out.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+        }
+        out
     }
 
     fn stop(&mut self) {
@@ -345,6 +375,19 @@ impl Drop for Containerd {
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        // The namespace-level cgroup directories (empty by now, or left by a
+        // failed test whose shims were just killed).
+        if let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hs.flatten() {
+                let ns = h.path().join(&self.namespace);
+                if let Ok(entries) = std::fs::read_dir(&ns) {
+                    for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&ns);
+            }
         }
     }
 }

@@ -64,8 +64,9 @@ fn terminal_is_refused_with_a_clear_error() {
     let c = Containerd::start();
     // ctr -t needs a console: give it one with script(1).
     let cmd = format!(
-        "ctr -a {} run --rm -t --platform wasi/wasm --runtime {RUNTIME} {} tty /hello.wasm",
+        "ctr -a {} -n {} run --rm -t --platform wasi/wasm --runtime {RUNTIME} {} tty /hello.wasm",
         c.socket.display(),
+        c.namespace,
         wasmcell_e2e::FIXTURES_IMAGE
     );
     let out = std::process::Command::new("timeout")

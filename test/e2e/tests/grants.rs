@@ -123,3 +123,25 @@ fn memory_bomb_is_oom_killed_and_others_keep_running() {
     c.ctr(&["containers", "rm", "bystander"]).ok();
     c.stop_and_check_clean();
 }
+
+/// The shim joins the container's cgroup with the spec's limits (plus the
+/// shim's headroom), and removes it on delete.
+#[test]
+fn shim_joins_and_removes_the_container_cgroup() {
+    let c = Containerd::start();
+    c.run_detached("cg", &["--memory-limit", "33554432", "--cpu-quota", "50000", "--cpu-period", "100000"], &["/spin.wasm"]).ok();
+    c.wait_status("cg", "RUNNING");
+    let pid = c.shim_pids()[0];
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let want = format!("/{}/cg", c.namespace);
+    assert!(cgroup.lines().any(|l| l.ends_with(&want)), "shim not in {want}: {cgroup}");
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory").join(&c.namespace).join("cg/memory.limit_in_bytes");
+    let v2 = std::path::Path::new("/sys/fs/cgroup").join(&c.namespace).join("cg/memory.max");
+    let limit = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2)).expect("a memory limit file");
+    assert_eq!(limit.trim(), (33554432u64 + (64 << 20)).to_string());
+    c.ctr(&["task", "kill", "-s", "SIGKILL", "cg"]).ok();
+    c.wait_status("cg", "STOPPED");
+    c.ctr(&["task", "delete", "cg"]).ok();
+    c.ctr(&["containers", "rm", "cg"]).ok();
+    c.stop_and_check_clean();
+}

@@ -1,0 +1,150 @@
+//! The shim joins its container's cgroup (`linux.cgroupsPath`), so that the
+//! kernel enforces an outer bound around everything the guest can make the
+//! shim do, and node tooling sees the container's usage where it expects it.
+//!
+//! Membership is per process, so a shim joins one cgroup: its first
+//! container's (for a pod, the first is the sandbox). The cgroup's limits are
+//! the spec's plus headroom for the shim itself: the guest's own limits are
+//! enforced exactly inside Wasmtime; the kernel's must never kill the shim
+//! for the few MiB its runtime needs.
+
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::{hierarchies, Cgroup};
+use cgroups_rs::CgroupPid;
+use wasmcell_grants::Limits;
+
+/// Memory the shim process needs beside its guests' linear memories.
+pub const MEMORY_HEADROOM: u64 = 64 << 20;
+
+/// A cgroup this shim created and joined.
+pub struct Joined {
+    cgroup: Cgroup,
+    pub path: String,
+}
+
+/// `linux.cgroupsPath` as a path below each hierarchy's root.
+///
+/// Two styles exist: cgroupfs (`/default/ctr-id`, `kubepods/pod1/c1`) and
+/// systemd (`slice:prefix:name`, e.g. `kubepods-besteffort-pod1.slice:cri-containerd:c1`),
+/// where a slice `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice` and
+/// the unit is the scope `prefix-name.scope`.
+pub fn resolve_path(cgroups_path: &str) -> Option<String> {
+    let p = cgroups_path.trim();
+    if p.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = p.split(':').collect();
+    if parts.len() == 3 && !p.starts_with('/') {
+        let (slice, prefix, name) = (parts[0], parts[1], parts[2]);
+        let mut dir = String::new();
+        if !slice.is_empty() && slice != "-.slice" {
+            let stem = slice.strip_suffix(".slice")?;
+            let mut acc = String::new();
+            for (i, seg) in stem.split('-').enumerate() {
+                if seg.is_empty() {
+                    return None;
+                }
+                if i > 0 {
+                    acc.push('-');
+                }
+                acc.push_str(seg);
+                dir.push('/');
+                dir.push_str(&acc);
+                dir.push_str(".slice");
+            }
+        }
+        let unit = if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        return Some(format!("{dir}/{unit}"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return None;
+    }
+    Some(format!("/{}", p.trim_start_matches('/')))
+}
+
+/// Creates the cgroup, sets its outer limits and moves this process in.
+pub fn join(cgroups_path: &str, limits: &Limits) -> Result<Joined, String> {
+    let path = resolve_path(cgroups_path).ok_or_else(|| format!("invalid cgroupsPath {cgroups_path:?}"))?;
+    let rel = path.trim_start_matches('/').to_string();
+    let cgroup = Cgroup::new(hierarchies::auto(), &rel).map_err(|e| format!("create cgroup {path}: {e}"))?;
+    if let Some(mem) = limits.memory_bytes {
+        if let Some(m) = cgroup.controller_of::<MemController>() {
+            if let Err(e) = m.set_limit(mem.saturating_add(MEMORY_HEADROOM) as i64) {
+                log::warn!("cgroup {path}: memory limit: {e}");
+            }
+        }
+    }
+    if let Some(cpu) = cgroup.controller_of::<CpuController>() {
+        if let Some(q) = limits.cpu {
+            // A tenth of a core on top, for the shim's own RPC handling.
+            let quota = q.quota_us + q.period_us / 10;
+            if let Err(e) = cpu.set_cfs_quota_and_period(Some(quota as i64), Some(q.period_us)) {
+                log::warn!("cgroup {path}: cpu quota: {e}");
+            }
+        }
+        if let Some(s) = limits.cpu_shares {
+            if let Err(e) = cpu.set_shares(s) {
+                log::warn!("cgroup {path}: cpu shares: {e}");
+            }
+        }
+    }
+    cgroup
+        .add_task_by_tgid(CgroupPid::from(std::process::id() as u64))
+        .map_err(|e| format!("join cgroup {path}: {e}"))?;
+    Ok(Joined { cgroup, path })
+}
+
+impl Joined {
+    /// Moves this process to the parent cgroup and removes the container's.
+    pub fn leave(self) {
+        let pid = CgroupPid::from(std::process::id() as u64);
+        if let Err(e) = self.cgroup.move_task_to_parent_by_tgid(pid) {
+            log::warn!("leave cgroup {}: {e}", self.path);
+            return;
+        }
+        if let Err(e) = self.cgroup.delete() {
+            log::warn!("remove cgroup {}: {e}", self.path);
+        }
+    }
+}
+
+/// Removes a container's cgroup after its shim died (`shim delete`).
+pub fn remove(cgroups_path: &str) {
+    let Some(path) = resolve_path(cgroups_path) else { return };
+    let cg = Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'));
+    if cg.exists() {
+        if let Err(e) = cg.delete() {
+            log::warn!("remove cgroup {path}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_path;
+
+    #[test]
+    fn path_styles() {
+        let cases = [
+            ("/default/ctr1", Some("/default/ctr1")),
+            ("kubepods/besteffort/pod1/c1", Some("/kubepods/besteffort/pod1/c1")),
+            ("", None),
+            ("/a/../../etc", None),
+            ("system.slice:cri-containerd:abc", Some("/system.slice/cri-containerd-abc.scope")),
+            (
+                "kubepods-besteffort-pod1.slice:cri-containerd:c1",
+                Some("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-c1.scope"),
+            ),
+            ("-.slice::c1", Some("/c1.scope")),
+            ("bad:slice:x", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(resolve_path(input).as_deref(), want, "{input}");
+        }
+    }
+}
