@@ -29,3 +29,27 @@ print(f"  runc, static true       {base['mean']*1000:8.1f} ms  (median {base['me
 print(f"  wasmcell, hello.wasm    {wasm['mean']*1000:8.1f} ms  (median {wasm['median']*1000:.1f})")
 print(f"  ratio wasmcell/runc     {wasm['mean']/base['mean']:8.2f}x")
 PY
+
+# CPU quota: a guest that never yields, under --cpu-quota/--cpu-period,
+# measured from the shim process's CPU time (utime+stime) over wall time.
+QUOTA=25000 PERIOD=100000 SECS="${BENCH_QUOTA_SECS:-4}"
+"$BIN/wasmcell" image build -t bench/spin:latest -o "$work/spin.tar" "$ROOT/test/fixtures/wasm/spin.wasm" >/dev/null
+CTR images import --all-platforms "$work/spin.tar" >/dev/null
+CTR run -d --cpu-quota $QUOTA --cpu-period $PERIOD --platform wasi/wasm \
+  --runtime io.containerd.wasmtime.v1 bench/spin:latest quota >/dev/null
+pid=$(CTR task ls | awk '$1=="quota"{print $2}')
+tick=$(getconf CLK_TCK)
+cpu0=$(awk '{print $14+$15}' /proc/$pid/stat); t0=$(date +%s.%N)
+sleep "$SECS"
+cpu1=$(awk '{print $14+$15}' /proc/$pid/stat); t1=$(date +%s.%N)
+CTR task kill -s SIGKILL quota >/dev/null; sleep 0.3
+CTR task delete quota >/dev/null 2>&1 || true; CTR containers rm quota >/dev/null
+python3 - "$cpu0" "$cpu1" "$t0" "$t1" "$tick" "$QUOTA" "$PERIOD" <<'PY'
+import sys
+c0, c1, t0, t1, tick, q, p = map(float, sys.argv[1:])
+used = (c1 - c0) / tick / (t1 - t0)
+print()
+print(f"CPU quota, busy-loop guest, {q/p:.2f} of a core granted:")
+print(f"  used {used:.3f} of a core over {t1-t0:.1f} s (shim process CPU time)")
+print(f"  ratio used/quota        {used/(q/p):8.2f}x")
+PY

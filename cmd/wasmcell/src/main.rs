@@ -98,8 +98,13 @@ fn main() -> Result<()> {
             let tmp = output.with_extension("tmp");
             let file = std::fs::File::create(&tmp)
                 .with_context(|| format!("create {}", tmp.display()))?;
-            let built = wasmcell_oci::image::build(&spec, std::io::BufWriter::new(file))
-                .with_context(|| format!("build image {}", spec.name))?;
+            let built = match wasmcell_oci::image::build(&spec, std::io::BufWriter::new(file)) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e).with_context(|| format!("build image {}", spec.name));
+                }
+            };
             std::fs::rename(&tmp, &output)?;
             println!("{} {}", built.manifest.digest(), output.display());
             Ok(())

@@ -78,27 +78,40 @@ fn cpu_used_ns(stats: &GuestStats) -> u64 {
 }
 
 /// Called at every epoch tick while the guest runs: yield to the runtime (so
-/// a kill lands and other guests run), and sleep out the rest of the period
-/// when the guest has used its CPU quota.
+/// a kill lands and other guests run), and, under a CPU quota, sleep off any
+/// CPU used beyond it.
+///
+/// The quota is a token bucket: since the quota was set, the guest may have
+/// used `elapsed * quota / period` of CPU plus one period's quota of burst.
+/// Overshoot between two ticks is paid back by a longer sleep, so over time
+/// the guest gets exactly its share.
 fn deadline_callback<T>(
     config: &GuestConfig,
     stats: Arc<GuestStats>,
 ) -> impl FnMut(wasmtime::StoreContextMut<T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static
 {
     let _ = config;
-    let mut window = (Instant::now(), 0u64);
+    // (quota in force, when it took effect, CPU used then)
+    let mut origin: Option<(wasmcell_grants::CpuQuota, Instant, u64)> = None;
     move |_| {
         let Some(q) = stats.cpu_quota() else {
+            origin = None;
             return Ok(UpdateDeadline::Yield(1));
         };
-        let period = Duration::from_micros(q.period_us);
         let now = Instant::now();
         let used = cpu_used_ns(&stats);
-        if now.duration_since(window.0) >= period {
-            window = (now, used);
-        }
-        if used.saturating_sub(window.1) >= q.quota_us * 1000 {
-            let wait = (window.0 + period).saturating_duration_since(now);
+        let (q0, t0, used0) = match origin {
+            Some(o) if o.0 == q => o,
+            _ => {
+                origin = Some((q, now, used));
+                return Ok(UpdateDeadline::Yield(1));
+            }
+        };
+        let share = q0.quota_us as f64 / q0.period_us as f64;
+        let allowed = now.duration_since(t0).as_nanos() as f64 * share + (q0.quota_us * 1000) as f64;
+        let spent = used.saturating_sub(used0) as f64;
+        if spent > allowed {
+            let wait = Duration::from_nanos(((spent - allowed) / share) as u64);
             stats.throttled.fetch_add(1, Ordering::Relaxed);
             stats.throttled_ns.fetch_add(wait.as_nanos() as u64, Ordering::Relaxed);
             return Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait))));
