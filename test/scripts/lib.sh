@@ -16,7 +16,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$CD_DIR/c.sock"
 TOML
-  PATH="$CD_DIR/bin:$PATH" containerd --config "$CD_DIR/config.toml" >"$CD_DIR/containerd.log" 2>&1 &
+  # The shim inherits containerd's environment: a private compile cache.
+  WASMCELL_CACHE_DIR="${WASMCELL_CACHE_DIR:-$CD_DIR/cache}" PATH="$CD_DIR/bin:$PATH" containerd --config "$CD_DIR/config.toml" >"$CD_DIR/containerd.log" 2>&1 &
   CD_PID=$!
   for _ in $(seq 1 300); do
     ctr -a "$CD_DIR/c.sock" version >/dev/null 2>&1 && return 0

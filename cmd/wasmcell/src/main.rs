@@ -24,6 +24,16 @@ enum Command {
     Image(ImageCmd),
     /// Print what a container's guest would be granted, from a bundle
     /// directory or a config.json.
+    /// Warm the compile cache of a node ahead of time: compile .wasm files,
+    /// or every .wasm inside OCI image tarballs, into the cache the shim uses.
+    Compile {
+        /// Cache directory (default: $WASMCELL_CACHE_DIR or /var/lib/wasmcell/cache).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// .wasm files or image tarballs (`wasmcell image build` output).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     Explain {
         /// A bundle directory (holding config.json) or a config.json file.
         path: PathBuf,
@@ -107,6 +117,41 @@ fn main() -> Result<()> {
             };
             std::fs::rename(&tmp, &output)?;
             println!("{} {}", built.manifest.digest(), output.display());
+            Ok(())
+        }
+        Command::Compile { cache_dir, inputs } => {
+            let mut config = wasmcell_engine::cache::CacheConfig::from_env().unwrap_or_default();
+            if let Some(d) = cache_dir {
+                config.dir = d;
+            }
+            let engine = wasmcell_engine::Engine::with_cache(Some(config.clone()))?;
+            let mut failed = false;
+            for input in inputs {
+                let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;
+                let items: Vec<(String, Vec<u8>)> = if wasmcell_oci::classify(&bytes).is_ok() {
+                    vec![(input.display().to_string(), bytes)]
+                } else {
+                    wasmcell_oci::image::wasm_files(bytes.as_slice())
+                        .with_context(|| format!("{} is neither Wasm nor an image tarball", input.display()))?
+                };
+                for (name, wasm) in items {
+                    let started = std::time::Instant::now();
+                    let result = wasmcell_oci::classify(&wasm)
+                        .map_err(|e| anyhow::anyhow!(e))
+                        .and_then(|kind| engine.prepare(&wasm, kind).map_err(|e| anyhow::anyhow!(e)));
+                    match result {
+                        Ok(_) => println!("{name}: ready ({} ms)", started.elapsed().as_millis()),
+                        Err(e) => {
+                            failed = true;
+                            eprintln!("{name}: {e}");
+                        }
+                    }
+                }
+            }
+            println!("cache: {}", config.dir.display());
+            if failed {
+                bail!("some inputs could not be compiled");
+            }
             Ok(())
         }
         Command::Explain { path, json } => {

@@ -7,6 +7,7 @@
 //! (kill) takes effect promptly even in an infinite loop, and a CPU quota can
 //! be enforced by sleeping at those yield points.
 
+pub mod cache;
 mod ctx;
 mod error;
 mod limiter;
@@ -41,6 +42,7 @@ struct Inner {
     components: ComponentLinker<P2State>,
     modules: Linker<P1State>,
     ticker: ticker::Ticker,
+    cache: Option<cache::Cache>,
 }
 
 /// A compiled, pre-linked guest, ready to instantiate any number of times.
@@ -53,7 +55,15 @@ pub enum Program {
 }
 
 impl Engine {
+    /// An engine without a compile cache.
     pub fn new() -> Result<Self, EngineError> {
+        Self::with_cache(None)
+    }
+
+    /// An engine whose compiled artifacts are cached as `cache` says. A cache
+    /// that cannot be opened (read-only or full disk) is logged and skipped:
+    /// containers still start, compiling every time.
+    pub fn with_cache(cache: Option<cache::CacheConfig>) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -68,12 +78,20 @@ impl Engine {
             .map_err(EngineError::setup)?;
 
         let ticker = ticker::Ticker::new(engine.clone(), TICK);
+        let cache = cache.and_then(|c| match cache::Cache::open(c, &engine) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::warn!("compile cache disabled: {e}");
+                None
+            }
+        });
         Ok(Engine {
             inner: Arc::new(Inner {
                 engine,
                 components,
                 modules,
                 ticker,
+                cache,
             }),
         })
     }
@@ -89,7 +107,18 @@ impl Engine {
         let engine = &self.inner.engine;
         match kind {
             WasmKind::Component => {
-                let component = Component::new(engine, bytes).map_err(EngineError::compile)?;
+                let component = match &self.inner.cache {
+                    None => Component::new(engine, bytes).map_err(EngineError::compile)?,
+                    Some(cache) => {
+                        let (artifact, outcome) = cache
+                            .get_or_compile(bytes, kind, || {
+                                engine.precompile_component(bytes).map_err(|e| format!("{e:#}"))
+                            })
+                            .map_err(EngineError::Compile)?;
+                        log::debug!("component: compile cache {outcome:?}");
+                        cache::load_component(engine, &artifact)?
+                    }
+                };
                 let pre = self
                     .inner
                     .components
@@ -101,7 +130,18 @@ impl Engine {
                 Ok(Program::Command(cmd))
             }
             WasmKind::Module => {
-                let module = Module::new(engine, bytes).map_err(EngineError::compile)?;
+                let module = match &self.inner.cache {
+                    None => Module::new(engine, bytes).map_err(EngineError::compile)?,
+                    Some(cache) => {
+                        let (artifact, outcome) = cache
+                            .get_or_compile(bytes, kind, || {
+                                engine.precompile_module(bytes).map_err(|e| format!("{e:#}"))
+                            })
+                            .map_err(EngineError::Compile)?;
+                        log::debug!("module: compile cache {outcome:?}");
+                        cache::load_module(engine, &artifact)?
+                    }
+                };
                 match module.get_export("_start") {
                     Some(wasmtime::ExternType::Func(_)) => {}
                     _ => {

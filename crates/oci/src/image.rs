@@ -392,6 +392,23 @@ mod tests {
     }
 
     #[test]
+    fn wasm_files_come_back_out_of_the_tarball() {
+        let d = tempfile::tempdir().unwrap();
+        let wasm = d.path().join("a.wasm");
+        std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
+        let spec = ImageSpec {
+            name: "x".into(),
+            files: vec![ImageFile { source: wasm, destination: "/bin/a.wasm".into() }],
+            ..Default::default()
+        };
+        let mut t = Vec::new();
+        build(&spec, &mut t).unwrap();
+        let files = wasm_files(t.as_slice()).unwrap();
+        assert_eq!(files, vec![("/bin/a.wasm".to_string(), b"\0asm\x0d\0\x01\0".to_vec())]);
+        assert!(wasm_files(&b"not a tar"[..]).is_err());
+    }
+
+    #[test]
     fn refuses_bad_input() {
         assert!(matches!(build(&ImageSpec { name: "x".into(), ..Default::default() }, Vec::new()), Err(ImageError::NoFiles)));
         let spec = ImageSpec {
@@ -403,4 +420,61 @@ mod tests {
         let spec = ImageSpec { env: vec!["NOEQ".into()], ..spec };
         assert!(matches!(build(&spec, Vec::new()), Err(ImageError::BadPair { .. })));
     }
+}
+
+/// The `.wasm` files inside an OCI image-layout tarball (every layer of every
+/// manifest it indexes), as (path in the image, bytes). Used to warm the
+/// compile cache from an image before any container runs it.
+pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    use std::io::Read;
+    let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut index = None;
+    let mut archive = tar::Archive::new(tarball);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.display().to_string();
+        let path = path.trim_start_matches("./").to_string();
+        if path == "index.json" || path.starts_with("blobs/sha256/") {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            if path == "index.json" {
+                index = Some(data);
+            } else {
+                blobs.insert(path.trim_start_matches("blobs/sha256/").to_string(), data);
+            }
+        }
+    }
+    let bad = |what: &str| ImageError::Write(std::io::Error::other(format!("not an OCI image layout: {what}")));
+    let index: serde_json::Value = serde_json::from_slice(&index.ok_or_else(|| bad("no index.json"))?)
+        .map_err(|e| bad(&e.to_string()))?;
+    let blob = |digest: &str| -> Result<&Vec<u8>, ImageError> {
+        blobs.get(digest.trim_start_matches("sha256:")).ok_or_else(|| bad(&format!("missing blob {digest}")))
+    };
+    let mut out = Vec::new();
+    for m in index["manifests"].as_array().cloned().unwrap_or_default() {
+        let manifest: serde_json::Value = serde_json::from_slice(blob(m["digest"].as_str().unwrap_or(""))?)
+            .map_err(|e| bad(&e.to_string()))?;
+        for layer in manifest["layers"].as_array().cloned().unwrap_or_default() {
+            let data = blob(layer["digest"].as_str().unwrap_or(""))?;
+            let media = layer["mediaType"].as_str().unwrap_or("");
+            if media.contains("wasm") {
+                out.push((layer["digest"].as_str().unwrap_or("").to_string(), data.clone()));
+                continue;
+            }
+            if media.ends_with("gzip") || media.ends_with("zstd") {
+                continue; // compressed layers are not produced by `build`
+            }
+            let mut layer_tar = tar::Archive::new(data.as_slice());
+            for e in layer_tar.entries()? {
+                let mut e = e?;
+                let p = e.path()?.display().to_string();
+                if p.ends_with(".wasm") {
+                    let mut bytes = Vec::new();
+                    e.read_to_end(&mut bytes)?;
+                    out.push((format!("/{}", p.trim_start_matches("./")), bytes));
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -53,6 +53,28 @@ fn now() -> Timestamp {
     containerd_shim::util::timestamp().unwrap_or_default()
 }
 
+/// The compile cache: `<Root>/cache` when the runtime options (containerd's
+/// `runtimes.wasmtime.options`, type `containerd.runc.v1.Options`) set
+/// `Root`; otherwise `WASMCELL_CACHE_DIR` / the default directory.
+fn cache_config(
+    options: Option<&containerd_shim_protos::protobuf::well_known_types::any::Any>,
+) -> Option<wasmcell_engine::cache::CacheConfig> {
+    use containerd_shim_protos::protobuf::Message;
+    let from_env = wasmcell_engine::cache::CacheConfig::from_env();
+    let root = options
+        .filter(|a| a.type_url.ends_with("containerd.runc.v1.Options"))
+        .and_then(|a| containerd_shim_protos::shim::oci::Options::parse_from_bytes(&a.value).ok())
+        .map(|o| o.root)
+        .filter(|r| !r.is_empty());
+    match root {
+        Some(r) => Some(wasmcell_engine::cache::CacheConfig {
+            dir: std::path::Path::new(&r).join("cache"),
+            ..from_env.unwrap_or_default()
+        }),
+        None => from_env,
+    }
+}
+
 /// Signals whose default action is not to terminate the process.
 fn ignored_signal(sig: u32) -> bool {
     matches!(sig as i32, libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH)
@@ -91,10 +113,18 @@ impl TaskService {
     }
 
     fn engine(&self) -> Result<Engine, ShimError> {
+        self.engine_with(None)
+    }
+
+    /// The shim's engine, created at the first Create with the compile cache
+    /// that Create's runtime options (or the environment) configure.
+    fn engine_with(&self, options: Option<&containerd_shim_protos::protobuf::well_known_types::any::Any>) -> Result<Engine, ShimError> {
         if let Some(e) = self.inner.engine.get() {
             return Ok(e.clone());
         }
-        let e = Engine::new().map_err(|e| ShimError::Internal(e.to_string()))?;
+        let cache = cache_config(options);
+        log::info!("compile cache: {}", cache.as_ref().map_or("off".to_string(), |c| c.dir.display().to_string()));
+        let e = Engine::with_cache(cache).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.inner.engine.get_or_init(|| e).clone())
     }
 
@@ -131,7 +161,7 @@ impl TaskService {
             tokio::task::spawn_blocking(move || wasmcell_oci::read_entrypoint(&rootfs, &entry))
                 .await
                 .map_err(|e| ShimError::Internal(e.to_string()))??;
-        let engine = self.engine()?;
+        let engine = self.engine_with(req.options.as_ref())?;
         let program = tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind))
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))??;

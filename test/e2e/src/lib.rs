@@ -132,6 +132,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
+            // The shim inherits containerd's environment: keep its compile
+            // cache inside this test's directory.
+            .env("WASMCELL_CACHE_DIR", d.join("cache"))
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -229,6 +232,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let out = Ran::from(cmd.output().expect("run wasmcell"));
         out.ok();
         self.ctr(&["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
+    }
+
+    /// Imports the fixtures image (for tests that prepare the directory first).
+    pub fn import_fixtures_pub(&self) {
+        self.import_fixtures()
     }
 
     fn import_fixtures(&self) {
