@@ -2,7 +2,8 @@
 #
 # Holds the two binaries in /opt/wasmcell/bin and runs
 # deploy/node-installer/install.sh, which copies the shim onto a node mounted
-# at /host and registers the "wasmtime" runtime in containerd's config.
+# at /host and registers the "wasmtime" runtime in containerd's config. On a
+# cluster, deploy/node-installer/daemonset.yaml runs it on every node.
 #
 #   docker build -t REGISTRY/wasmcell-installer:0.1.0 .
 #   docker run --rm --privileged --pid=host -v /:/host REGISTRY/wasmcell-installer:0.1.0            # install
@@ -22,8 +23,8 @@ COPY test/e2e test/e2e
 RUN cargo build --release --locked -p containerd-shim-wasmtime-v1 -p wasmcell
 
 FROM debian:bookworm-slim
-# install.sh needs sh, awk, grep, sed, coreutils and nsenter (util-linux):
-# all are part of the base image.
+# install.sh needs sh, awk, grep, sed, coreutils, cmp (diffutils) and nsenter
+# (util-linux): all are part of the base image.
 COPY --from=build /src/target/release/containerd-shim-wasmtime-v1 /src/target/release/wasmcell /opt/wasmcell/bin/
 COPY deploy/node-installer/install.sh /opt/wasmcell/install.sh
 RUN chmod 0755 /opt/wasmcell/install.sh /opt/wasmcell/bin/containerd-shim-wasmtime-v1 /opt/wasmcell/bin/wasmcell

@@ -1,55 +1,126 @@
 #!/usr/bin/env bash
-# make bench: start-up cost of `ctr run --rm` through wasmcell vs runc, in the
-# same run on the same private containerd, printed as ratios.
+# make bench: wasmcell against references measured in the same run, on the
+# same private containerd, printed as ratios.
+#   1. ctr run --rm start-up: runc + static `true` vs the hello component,
+#      cold (empty compile cache) and warm; the same for a large (~18 MB)
+#      component built with componentize-py from PyPI.
+#   2. Idle cost: PSS of one idle long-running container, all its processes
+#      summed, runc (static sleep) vs wasmcell (a guest sleeping).
+#   3. CPU quota: a busy-loop guest under --cpu-quota uses its quota.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 trap cd_stop EXIT
 RUNS="${BENCH_RUNS:-20}"
+COLD_RUNS="${BENCH_COLD_RUNS:-5}"
 cd_start
 work="$CD_DIR/bench"; mkdir -p "$work"
+CACHE="$CD_DIR/cache"
+RUNTIME=io.containerd.wasmtime.v1
 gcc -static -O2 -o "$work/true" "$ROOT/test/bench/true.c"
-"$BIN/wasmcell" image build -t bench/true:latest --platform linux/amd64 --entrypoint /true -o "$work/true.tar" "$work/true:/true" >/dev/null
-"$BIN/wasmcell" image build -t bench/hello:latest -o "$work/hello.tar" "$ROOT/test/fixtures/wasm/hello.wasm" >/dev/null
-CTR images import "$work/true.tar" >/dev/null
+gcc -static -O2 -o "$work/sleep" "$ROOT/test/bench/sleep.c"
+"$BIN/wasmcell" image build -t bench/native:latest --platform linux/amd64 --entrypoint /true \
+  -o "$work/native.tar" "$work/true:/true" "$work/sleep:/sleep" >/dev/null
+"$BIN/wasmcell" image build -t bench/hello:latest -o "$work/hello.tar" \
+  "$ROOT/test/fixtures/wasm/hello.wasm" "$ROOT/test/fixtures/wasm/probe.wasm" --entrypoint /hello.wasm >/dev/null
+CTR images import "$work/native.tar" >/dev/null
 CTR images import --all-platforms "$work/hello.tar" >/dev/null
-# Warm both paths once (snapshot unpack, page cache).
-CTR run --rm bench/true:latest warm-runc /true
-CTR run --rm --platform wasi/wasm --runtime io.containerd.wasmtime.v1 bench/hello:latest warm-wasm >/dev/null
-export CD_DIR
-hyperfine --style basic -N --warmup 2 --runs "$RUNS" --export-json "$work/start.json" \
-  -n runc-true "ctr -a $CD_DIR/c.sock run --rm bench/true:latest b-runc /true" \
-  -n wasmcell-hello "ctr -a $CD_DIR/c.sock run --rm --platform wasi/wasm --runtime io.containerd.wasmtime.v1 bench/hello:latest b-wasm"
-python3 - "$work/start.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-base, wasm = r["runc-true"], r["wasmcell-hello"]
-print()
-print(f"ctr run --rm, mean of {len(wasm['times'])} runs each:")
-print(f"  runc, static true       {base['mean']*1000:8.1f} ms  (median {base['median']*1000:.1f})")
-print(f"  wasmcell, hello.wasm    {wasm['mean']*1000:8.1f} ms  (median {wasm['median']*1000:.1f})")
-print(f"  ratio wasmcell/runc     {wasm['mean']/base['mean']:8.2f}x")
-PY
+
+# The large component, when componentize-py can be had from PyPI.
+LARGE=""
+if ! command -v componentize-py >/dev/null 2>&1; then
+  pip install -q componentize-py >/dev/null 2>&1 || true
+fi
+if command -v componentize-py >/dev/null 2>&1; then
+  WIT="$(ls -d "$HOME"/.cargo/registry/src/*/wasmtime-wasi-48.*/src/p2/wit 2>/dev/null | head -1 || true)"
+  if [ -n "$WIT" ]; then
+    (cd "$work" && cp "$ROOT/test/bench/large.py" app.py &&
+      componentize-py -q -d "$WIT" -w "$(sed -n 's/^package \(wasi:cli@[0-9.]*\);/\1/p' "$WIT/deps/cli.wit" | sed 's#@#/command@#')" \
+        componentize app -o large.wasm >/dev/null 2>&1) && LARGE="$work/large.wasm"
+  fi
+fi
+if [ -n "$LARGE" ]; then
+  "$BIN/wasmcell" image build -t bench/large:latest -o "$work/large.tar" "$LARGE:/large.wasm" >/dev/null
+  CTR images import --all-platforms "$work/large.tar" >/dev/null
+  echo "large component: $(du -h "$LARGE" | cut -f1) ($(stat -c %s "$LARGE") bytes)"
+else
+  echo "large component: componentize-py unavailable (pip install componentize-py); skipped"
+fi
+
+RUNC="ctr -a $CD_DIR/c.sock run --rm bench/native:latest b-runc /true"
+HELLO="ctr -a $CD_DIR/c.sock run --rm --platform wasi/wasm --runtime $RUNTIME bench/hello:latest b-hello"
+LARGE_CMD="ctr -a $CD_DIR/c.sock run --rm --platform wasi/wasm --runtime $RUNTIME bench/large:latest b-large"
+# Warm up snapshots and the page cache.
+$RUNC; $HELLO >/dev/null; [ -n "$LARGE" ] && $LARGE_CMD >/dev/null
+
+hf() { hyperfine --style none -N "$@" >/dev/null; }
+echo "timing ctr run --rm ($RUNS warm runs, $COLD_RUNS cold runs each)..."
+warm_cmds=(-n runc-true "$RUNC" -n hello-warm "$HELLO")
+[ -n "$LARGE" ] && warm_cmds+=(-n large-warm "$LARGE_CMD")
+hf --warmup 2 --runs "$RUNS" --export-json "$work/warm.json" "${warm_cmds[@]}"
+hf --runs "$COLD_RUNS" --prepare "rm -rf $CACHE" --export-json "$work/cold-hello.json" -n hello-cold "$HELLO"
+[ -n "$LARGE" ] && hf --runs "$COLD_RUNS" --prepare "rm -rf $CACHE" --export-json "$work/cold-large.json" -n large-cold "$LARGE_CMD"
+
+# Idle cost: PSS summed over every process of the container.
+pss_kb() { awk '/^Pss:/{s+=$2} END{print s+0}' "$@" 2>/dev/null; }
+tree_pids() { local p=$1; echo "$p"; for c in $(cat /proc/$p/task/*/children 2>/dev/null); do tree_pids "$c"; done; }
+CTR run -d bench/native:latest idle-runc /sleep >/dev/null
+CTR run -d --platform wasi/wasm --runtime $RUNTIME bench/hello:latest idle-wasm /probe.wasm sleep 3600000 >/dev/null
+sleep 2
+runc_task=$(CTR task ls | awk '$1=="idle-runc"{print $2}')
+runc_shim=$(awk '{print $4}' /proc/$runc_task/stat)
+wasm_task=$(CTR task ls | awk '$1=="idle-wasm"{print $2}')
+runc_files=(); for p in $(tree_pids "$runc_shim"); do runc_files+=("/proc/$p/smaps_rollup"); done
+wasm_files=(); for p in $(tree_pids "$wasm_task"); do wasm_files+=("/proc/$p/smaps_rollup"); done
+RUNC_PSS=$(pss_kb "${runc_files[@]}"); WASM_PSS=$(pss_kb "${wasm_files[@]}")
+RUNC_PROCS=${#runc_files[@]}; WASM_PROCS=${#wasm_files[@]}
+for id in idle-runc idle-wasm; do CTR task kill -s SIGKILL $id >/dev/null 2>&1 || true; done
+sleep 0.5
+for id in idle-runc idle-wasm; do CTR task delete $id >/dev/null 2>&1 || true; CTR containers rm $id >/dev/null 2>&1 || true; done
 
 # CPU quota: a guest that never yields, under --cpu-quota/--cpu-period,
 # measured from the shim process's CPU time (utime+stime) over wall time.
 QUOTA=25000 PERIOD=100000 SECS="${BENCH_QUOTA_SECS:-4}"
 "$BIN/wasmcell" image build -t bench/spin:latest -o "$work/spin.tar" "$ROOT/test/fixtures/wasm/spin.wasm" >/dev/null
 CTR images import --all-platforms "$work/spin.tar" >/dev/null
-CTR run -d --cpu-quota $QUOTA --cpu-period $PERIOD --platform wasi/wasm \
-  --runtime io.containerd.wasmtime.v1 bench/spin:latest quota >/dev/null
+CTR run -d --cpu-quota $QUOTA --cpu-period $PERIOD --platform wasi/wasm --runtime $RUNTIME bench/spin:latest quota >/dev/null
 pid=$(CTR task ls | awk '$1=="quota"{print $2}')
-tick=$(getconf CLK_TCK)
 cpu0=$(awk '{print $14+$15}' /proc/$pid/stat); t0=$(date +%s.%N)
 sleep "$SECS"
 cpu1=$(awk '{print $14+$15}' /proc/$pid/stat); t1=$(date +%s.%N)
 CTR task kill -s SIGKILL quota >/dev/null; sleep 0.3
 CTR task delete quota >/dev/null 2>&1 || true; CTR containers rm quota >/dev/null
-python3 - "$cpu0" "$cpu1" "$t0" "$t1" "$tick" "$QUOTA" "$PERIOD" <<'PY'
-import sys
-c0, c1, t0, t1, tick, q, p = map(float, sys.argv[1:])
+
+python3 - "$work" "$RUNC_PSS" "$WASM_PSS" "$RUNC_PROCS" "$WASM_PROCS" \
+  "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" "$QUOTA" "$PERIOD" <<'PY'
+import json, os, sys
+work = sys.argv[1]
+runc_pss, wasm_pss, runc_n, wasm_n = map(int, sys.argv[2:6])
+c0, c1, t0, t1, tick, q, p = map(float, sys.argv[6:13])
+res = {}
+for f in ["warm.json", "cold-hello.json", "cold-large.json"]:
+    path = os.path.join(work, f)
+    if os.path.exists(path):
+        for r in json.load(open(path))["results"]:
+            res[r["command"]] = r
+base = res["runc-true"]["mean"]
+print()
+print("ctr run --rm start-up, mean (ratio to runc running a static true):")
+for name, label in [("runc-true", "runc, static true"), ("hello-cold", "hello component, cold cache"),
+                    ("hello-warm", "hello component, warm cache"), ("large-cold", "large component, cold cache"),
+                    ("large-warm", "large component, warm cache")]:
+    if name in res:
+        m = res[name]["mean"]
+        print(f"  {label:32s} {m*1000:9.1f} ms  {m/base:6.2f}x")
+if "large-warm" in res:
+    print(f"  large warm / hello warm          {res['large-warm']['mean']/res['hello-warm']['mean']:9.2f}x")
+print()
+print("idle container, PSS of all its processes:")
+print(f"  runc, static sleep               {runc_pss/1024:9.1f} MiB  ({runc_n} processes)")
+print(f"  wasmcell, sleeping guest         {wasm_pss/1024:9.1f} MiB  ({wasm_n} process)")
+print(f"  ratio wasmcell/runc              {wasm_pss/runc_pss:9.2f}x")
 used = (c1 - c0) / tick / (t1 - t0)
 print()
 print(f"CPU quota, busy-loop guest, {q/p:.2f} of a core granted:")
 print(f"  used {used:.3f} of a core over {t1-t0:.1f} s (shim process CPU time)")
-print(f"  ratio used/quota        {used/(q/p):8.2f}x")
+print(f"  ratio used/quota                 {used/(q/p):9.2f}x")
 PY

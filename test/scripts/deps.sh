@@ -11,6 +11,9 @@ have runc || need+=(runc)
 have hyperfine || need+=(hyperfine)
 have script || need+=(util-linux)
 have gcc || need+=(gcc libc6-dev)
+# protoc: the CRI client of the Kubernetes end-to-end suite is generated from
+# the CRI protobufs at build time.
+have protoc || need+=(protobuf-compiler)
 have cargo || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -19,7 +19,62 @@ pub struct P2State {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) hooks: HttpHooks,
 }
+
+impl wasmtime_wasi_http::WasiHttpView for P2State {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP (`wasi:http/outgoing-handler`) follows the network grant:
+/// a guest without sockets cannot send requests either.
+pub struct HttpHooks {
+    pub(crate) allow_outgoing: bool,
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, wasmtime_wasi_http::Error>,
+    Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = wasmtime_wasi_http::Result<(
+                    hyper::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        let _ = fut;
+        let allow = self.allow_outgoing;
+        Box::new(async move {
+            if !allow {
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(http_body_util::BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[allow(dead_code)]
+fn _send_result_type_check(_: SendResult) {}
 
 impl WasiView for P2State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -77,6 +132,11 @@ pub struct GuestConfig {
 }
 
 impl GuestConfig {
+    /// Whether the guest may open sockets (and so send HTTP requests).
+    pub fn allows_outgoing(&self) -> bool {
+        matches!(self.sockets, SocketScope::Namespace { .. })
+    }
+
     /// Resolves `grants` to host paths. Private (tmpfs) directories are
     /// created under `private_root`, which the caller removes with the
     /// container. Bind sources must exist and be directories: a file bind

@@ -10,6 +10,7 @@
 pub mod cache;
 mod ctx;
 mod error;
+pub mod http;
 mod limiter;
 mod run;
 mod ticker;
@@ -21,12 +22,12 @@ use wasmtime::{Config, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmcell_oci::WasmKind;
 
-pub use ctx::{GuestConfig, GuestIo, Preopen, SocketScope};
+pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope};
 pub use error::EngineError;
 pub use limiter::GuestStats;
 pub use run::Exit;
 
-use ctx::{P1State, P2State};
+use ctx::P1State;
 
 /// How often the epoch advances: the longest a guest runs between yields.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
@@ -52,6 +53,15 @@ pub enum Program {
     Command(CommandPre<P2State>),
     /// A core module exporting `_start` (WASI preview 1).
     Module(wasmtime::InstancePre<P1State>),
+    /// A component exporting `wasi:http/incoming-handler`: a server.
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<P2State>),
+}
+
+impl Program {
+    /// Serves HTTP rather than running to completion.
+    pub fn is_server(&self) -> bool {
+        matches!(self, Program::Http(_))
+    }
 }
 
 impl Engine {
@@ -73,6 +83,7 @@ impl Engine {
 
         let mut components = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(EngineError::setup)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components).map_err(EngineError::setup)?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| &mut s.wasi)
             .map_err(EngineError::setup)?;
@@ -124,8 +135,12 @@ impl Engine {
                     .components
                     .instantiate_pre(&component)
                     .map_err(EngineError::link)?;
+                // What it is comes from its exports, not its name.
+                if let Ok(proxy) = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone()) {
+                    return Ok(Program::Http(proxy));
+                }
                 let cmd = CommandPre::new(pre).map_err(|_| EngineError::NoEntry {
-                    what: "component does not export wasi:cli/run (only WASI commands can run as a container)".into(),
+                    what: "component exports neither wasi:cli/run nor wasi:http/incoming-handler: nothing to run".into(),
                 })?;
                 Ok(Program::Command(cmd))
             }

@@ -20,6 +20,12 @@ pub struct GuestStats {
     pub throttled: AtomicU64,
     /// Nanoseconds spent waiting for its CPU quota.
     pub throttled_ns: AtomicU64,
+    /// HTTP: requests answered (successfully or not).
+    pub requests_total: AtomicU64,
+    /// HTTP: requests being handled now (one instance each).
+    pub requests_in_flight: AtomicU64,
+    /// HTTP: requests answered 500 because the handler failed.
+    pub request_errors: AtomicU64,
     /// Memory cap in bytes, 0 for none. Live: Update changes it.
     memory_cap: AtomicU64,
     /// CPU quota and period in microseconds, 0 for none. Live as well.
@@ -48,9 +54,21 @@ impl GuestStats {
 
 pub(crate) struct MemoryLimiter {
     pub(crate) stats: Arc<GuestStats>,
+    /// What this store has added to `stats.memory_bytes`, given back on drop.
+    mine: u64,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.stats.memory_bytes.fetch_sub(self.mine, Ordering::Relaxed);
+    }
 }
 
 impl MemoryLimiter {
+    pub(crate) fn new(stats: Arc<GuestStats>) -> Self {
+        MemoryLimiter { stats, mine: 0 }
+    }
+
     fn grow(&mut self, current: usize, desired: usize) -> bool {
         let delta = desired.saturating_sub(current) as u64;
         let used = self.stats.memory_bytes.load(Ordering::Relaxed);
@@ -61,6 +79,7 @@ impl MemoryLimiter {
                 return false;
             }
         }
+        self.mine += delta;
         let now = self.stats.memory_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
         self.stats.memory_max_bytes.fetch_max(now, Ordering::Relaxed);
         true
@@ -104,7 +123,7 @@ mod tests {
     fn caps_the_sum_of_growths() {
         let stats = Arc::new(GuestStats::default());
         stats.set_memory_cap(Some(100));
-        let mut l = MemoryLimiter { stats: stats.clone() };
+        let mut l = MemoryLimiter::new(stats.clone());
         assert!(l.memory_growing(0, 60, None).unwrap());
         assert!(l.memory_growing(60, 100, None).unwrap());
         assert!(!l.memory_growing(100, 101, None).unwrap());
@@ -116,9 +135,11 @@ mod tests {
     #[test]
     fn uncapped_only_counts() {
         let stats = Arc::new(GuestStats::default());
-        let mut l = MemoryLimiter { stats: stats.clone() };
+        let mut l = MemoryLimiter::new(stats.clone());
         assert!(l.memory_growing(0, 1 << 30, None).unwrap());
         assert_eq!(stats.memory_max_bytes.load(Ordering::Relaxed), 1 << 30);
         assert!(!stats.oom.load(Ordering::Relaxed));
+        drop(l);
+        assert_eq!(stats.memory_bytes.load(Ordering::Relaxed), 0, "a dropped store gives its memory back");
     }
 }

@@ -54,9 +54,15 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// Adds the CPU time of every poll of `inner` to `stats.cpu_ns`.
-struct Metered<F> {
+pub(crate) struct Metered<F> {
     inner: Pin<Box<F>>,
     stats: Arc<GuestStats>,
+}
+
+impl<F: Future> Metered<F> {
+    pub(crate) fn new(inner: F, stats: Arc<GuestStats>) -> Self {
+        Metered { inner: Box::pin(inner), stats }
+    }
 }
 
 impl<F: Future> Future for Metered<F> {
@@ -85,7 +91,7 @@ fn cpu_used_ns(stats: &GuestStats) -> u64 {
 /// used `elapsed * quota / period` of CPU plus one period's quota of burst.
 /// Overshoot between two ticks is paid back by a longer sleep, so over time
 /// the guest gets exactly its share.
-fn deadline_callback<T>(
+pub(crate) fn deadline_callback<T>(
     config: &GuestConfig,
     stats: Arc<GuestStats>,
 ) -> impl FnMut(wasmtime::StoreContextMut<T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static
@@ -188,9 +194,7 @@ impl Engine {
         mut builder: wasmtime_wasi::WasiCtxBuilder,
         stats: Arc<GuestStats>,
     ) -> wasmtime::Result<Exit> {
-        let limiter = MemoryLimiter {
-            stats: stats.clone(),
-        };
+        let limiter = MemoryLimiter::new(stats.clone());
         let engine = &self.inner.engine;
         match program {
             Program::Command(pre) => {
@@ -198,6 +202,8 @@ impl Engine {
                     wasi: builder.build(),
                     table: ResourceTable::new(),
                     limiter,
+                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                    hooks: crate::ctx::HttpHooks { allow_outgoing: config.allows_outgoing() },
                 };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
@@ -207,6 +213,9 @@ impl Engine {
                 let out = cmd.wasi_cli_run().call_run(&mut store).await?;
                 Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
             }
+            Program::Http(_) => Err(wasmtime::Error::msg(
+                "an HTTP component is served with Engine::serve, not run",
+            )),
             Program::Module(pre) => {
                 let state = P1State {
                     wasi: builder.build_p1(),

@@ -30,6 +30,7 @@ mod limits;
 mod mounts;
 mod network;
 mod process;
+mod role;
 mod table;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ pub use limits::{CpuQuota, Limits};
 pub use mounts::{DirGrant, DirSource, HiddenMount};
 pub use network::Network;
 pub use process::Program;
+pub use role::{Role, CONTAINER_TYPE, SANDBOX_ID};
 pub use table::Row;
 
 /// Everything a guest may use, decided from its container's spec.
@@ -61,6 +63,8 @@ pub struct Grants {
     pub limits: Limits,
     /// Spec settings that mean nothing for a Wasm guest, recorded for `explain`.
     pub ignored: Vec<Ignored>,
+    /// Sandbox, pod member or standalone, from CRI's annotations.
+    pub role: Role,
 }
 
 /// A spec setting that is accepted but has no effect on a Wasm guest.
@@ -86,7 +90,9 @@ pub fn grants(
     annotations: &HashMap<String, String>,
     options: &Options,
 ) -> Result<Grants, GrantError> {
-    let _ = annotations; // no annotation grants anything yet: deny by default
+    // No annotation grants anything (deny by default); CRI's say what the
+    // container is to its pod.
+    let role = role::role(annotations);
     let program = process::program(spec)?;
     let root = mounts::root(spec, &options.bundle)?;
     let (dirs, hidden) = mounts::mounts(spec)?;
@@ -101,7 +107,15 @@ pub fn grants(
         network,
         limits,
         ignored,
+        role,
     })
+}
+
+/// The network a spec asks for, without judging the rest of the spec: the
+/// shim enters it before anything else, and a spec refused later must still
+/// not leave the shim in the host's network.
+pub fn network_of(spec: &Spec) -> Network {
+    network::network(spec)
 }
 
 /// Parses a `config.json` into a spec, with the error a user can act on.

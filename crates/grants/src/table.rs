@@ -85,6 +85,19 @@ impl Grants {
         for i in &self.ignored {
             rows.push(row(i.setting, "set", format!("no effect: {}", i.why)));
         }
+        match &self.role {
+            crate::Role::Standalone => {}
+            crate::Role::Sandbox { id } => rows.push(row(
+                "annotations[io.kubernetes.cri.container-type]",
+                format!("sandbox {id}"),
+                "runs no Wasm: holds the pod's network namespace and cgroup",
+            )),
+            crate::Role::PodMember { sandbox_id } => rows.push(row(
+                "annotations[io.kubernetes.cri.sandbox-id]",
+                sandbox_id.clone(),
+                "served by the pod's shim, in the pod's network",
+            )),
+        }
         rows
     }
 }

@@ -24,10 +24,6 @@ use containerd_shim_protos::ttrpc::r#async::Server;
 
 use crate::service::TaskService;
 
-/// Annotation CRI sets on every container of a pod: all of them are served
-/// by the shim of the pod's sandbox.
-pub(crate) const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
 const MAX_STDIN: u64 = 1 << 20;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,7 +79,8 @@ fn grouping(bundle: &Path, id: &str) -> String {
     std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| wasmcell_grants::parse_spec(&b).ok())
-        .and_then(|s| s.annotations().as_ref()?.get(SANDBOX_ID).cloned())
+        .and_then(|s| s.annotations().as_ref()?.get(wasmcell_grants::SANDBOX_ID).cloned())
+        .filter(|s| !s.is_empty())
         .unwrap_or_else(|| id.to_string())
 }
 

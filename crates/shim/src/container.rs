@@ -6,10 +6,26 @@ use std::sync::{Arc, Mutex};
 
 use containerd_shim::asynchronous::io::IoTasks;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use wasmcell_engine::{GuestConfig, GuestIo, GuestStats, Program};
 
 use crate::rootfs;
+
+/// What a container runs.
+pub(crate) enum Workload {
+    /// A pod's sandbox: no Wasm and no process. It holds the pod (the shim
+    /// sits in its network namespace and cgroup) until it is killed.
+    Pause,
+    /// A Wasm guest, compiled and linked at Create, with its grants.
+    Wasm { program: Program, config: GuestConfig },
+}
+
+impl Workload {
+    /// Serves HTTP rather than running to completion.
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self, Workload::Wasm { program, .. } if program.is_server())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum State {
@@ -26,8 +42,7 @@ pub(crate) struct Container {
     pub(crate) stdin: String,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
-    pub(crate) program: Program,
-    pub(crate) config: GuestConfig,
+    pub(crate) workload: Workload,
     pub(crate) io: IoTasks,
     pub(crate) stdin_copy: crate::stdio::Stdin,
     /// The guest's pipe ends, handed to the guest at Start.
@@ -36,8 +51,11 @@ pub(crate) struct Container {
     pub(crate) state: Mutex<State>,
     /// Set once, when the container stops: (exit status, time).
     pub(crate) exited: watch::Sender<Option<(u32, Timestamp)>>,
-    /// Delivers a terminating signal to the running guest.
-    pub(crate) kill: Mutex<Option<oneshot::Sender<u32>>>,
+    /// Delivers signals to the running guest.
+    pub(crate) kill: Mutex<Option<mpsc::UnboundedSender<u32>>>,
+    /// An HTTP component's listening socket, bound at Create (in the
+    /// container's network) and served from Start.
+    pub(crate) listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Container {

@@ -9,11 +9,18 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use wasmcell_engine::GuestStats;
 
-pub(crate) fn to_any(stats: &GuestStats, memory_limit: Option<u64>, live: bool) -> Result<Any, String> {
+/// For an HTTP server, `pids.current` is the number of live instances
+/// (requests being handled); for a command, 1 while it runs.
+pub(crate) fn to_any(stats: &GuestStats, memory_limit: Option<u64>, live: bool, server: bool) -> Result<Any, String> {
+    let current = if server {
+        stats.requests_in_flight.load(Ordering::Relaxed)
+    } else {
+        u64::from(live)
+    };
     let cpu_ns = stats.cpu_ns.load(Ordering::Relaxed);
     let m = Metrics {
         pids: Some(PidsStat {
-            current: u64::from(live),
+            current,
             limit: 0,
             ..Default::default()
         })

@@ -11,11 +11,11 @@ use containerd_shim::{Task, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::api::Status;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use tokio::sync::{oneshot, watch};
-use wasmcell_engine::{Engine, Exit, GuestConfig, GuestStats, SocketScope};
-use wasmcell_grants::{Grants, Network};
+use tokio::sync::{mpsc, watch};
+use wasmcell_engine::{Engine, Exit, GuestConfig, GuestStats, Program, SocketScope};
+use wasmcell_grants::{Grants, Network, Role};
 
-use crate::container::{private_dir, Container, State};
+use crate::container::{private_dir, Container, State, Workload};
 use crate::events::Events;
 use crate::sys::netns::{self, Joined};
 use crate::{rootfs, stdio, ShimError};
@@ -75,6 +75,46 @@ fn cache_config(
     }
 }
 
+/// Where an HTTP component listens: `WASMCELL_HTTP_ADDR`, or the name other
+/// shims use, `WASMTIME_HTTP_PROXY_SOCKET_ADDR`, from the container's env.
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+fn http_addr(grants: &Grants) -> String {
+    let env = &grants.program.env;
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    get("WASMCELL_HTTP_ADDR")
+        .or_else(|| get("WASMTIME_HTTP_PROXY_SOCKET_ADDR"))
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string())
+}
+
+/// Binds an HTTP component's socket at Create, so a bad address or a port
+/// in use fails the container before it starts. The shim process is in the
+/// container's network namespace, so this is the container's port.
+fn listen(grants: &Grants, scope: SocketScope) -> Result<std::net::TcpListener, ShimError> {
+    let addr = http_addr(grants);
+    if scope == SocketScope::Denied {
+        return Err(ShimError::InvalidArgument(format!(
+            "HTTP component needs the network its spec grants, and the shim could not enter it (see the shim log); cannot listen on {addr}"
+        )));
+    }
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| ShimError::InvalidArgument(format!("WASMCELL_HTTP_ADDR {addr:?} is not an IP:port address: {e}")))?;
+    std::net::TcpListener::bind(sa).map_err(|e| ShimError::InvalidArgument(format!("HTTP component cannot listen on {addr}: {e}")))
+}
+
+/// An image that is not Wasm gets told where it belongs.
+fn not_wasm_hint(e: wasmcell_oci::EntrypointError, role: &Role) -> ShimError {
+    if !matches!(e, wasmcell_oci::EntrypointError::NotWasm { .. }) {
+        return e.into();
+    }
+    let hint = match role {
+        Role::Standalone => "this runtime (io.containerd.wasmtime.v1) runs only WebAssembly; run native images with the default runc runtime",
+        _ => "this pod's RuntimeClass runs only WebAssembly; run native (Linux) containers in a pod whose RuntimeClass uses runc",
+    };
+    ShimError::InvalidArgument(format!("{e}: {hint}"))
+}
+
 /// Signals whose default action is not to terminate the process.
 fn ignored_signal(sig: u32) -> bool {
     matches!(sig as i32, libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH)
@@ -90,7 +130,7 @@ fn socket_scope(network: &Network, joined: &Joined) -> SocketScope {
     match (network, joined) {
         (Network::Host, Joined::Host) => SocketScope::Namespace { dns: true },
         (Network::Private, Joined::Private) => SocketScope::Namespace { dns: false },
-        (Network::Namespace(p), Joined::Path(q)) if p == q => SocketScope::Namespace { dns: true },
+        (Network::Namespace(p), Joined::Path(q)) if p == q || netns::is_current(p) => SocketScope::Namespace { dns: true },
         _ => {
             log::warn!("guest network {network:?} differs from the shim's ({joined:?}): no sockets granted");
             SocketScope::Denied
@@ -155,18 +195,11 @@ impl TaskService {
         mounted_rootfs: Option<PathBuf>,
     ) -> Result<Container, ShimError> {
         let bundle = PathBuf::from(&req.bundle);
-        let rootfs = grants.root.host().expect("root is a host dir").to_path_buf();
-        let entry = grants.program.entrypoint.clone();
-        let (bytes, kind) =
-            tokio::task::spawn_blocking(move || wasmcell_oci::read_entrypoint(&rootfs, &entry))
-                .await
-                .map_err(|e| ShimError::Internal(e.to_string()))??;
-        let engine = self.engine_with(req.options.as_ref())?;
-        let program = tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind))
-            .await
-            .map_err(|e| ShimError::Internal(e.to_string()))??;
-        let scope = socket_scope(&grants.network, &netns::joined());
-        let config = GuestConfig::from_grants(grants, &private_dir(&bundle), scope)?;
+        let (workload, listener) = if let Role::Sandbox { .. } = grants.role {
+            (Workload::Pause, None)
+        } else {
+            self.prepare_wasm(req, grants, &bundle).await?
+        };
         let (io, stdin_copy, guest_io) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
         let stats = Arc::new(GuestStats::default());
         stats.set_memory_cap(grants.limits.memory_bytes);
@@ -178,8 +211,7 @@ impl TaskService {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
-            program,
-            config,
+            workload,
             io,
             stdin_copy,
             guest_io: Mutex::new(Some(guest_io)),
@@ -187,7 +219,36 @@ impl TaskService {
             state: Mutex::new(State::Created),
             exited: watch::channel(None).0,
             kill: Mutex::new(None),
+            listener: Mutex::new(listener),
         })
+    }
+
+    /// Reads, classifies, compiles (or loads from the cache) and links the
+    /// container's Wasm, resolves its grants, and binds its HTTP socket.
+    async fn prepare_wasm(
+        &self,
+        req: &api::CreateTaskRequest,
+        grants: &Grants,
+        bundle: &std::path::Path,
+    ) -> Result<(Workload, Option<std::net::TcpListener>), ShimError> {
+        let rootfs = grants.root.host().expect("root is a host dir").to_path_buf();
+        let entry = grants.program.entrypoint.clone();
+        let read = tokio::task::spawn_blocking(move || wasmcell_oci::read_entrypoint(&rootfs, &entry))
+            .await
+            .map_err(|e| ShimError::Internal(e.to_string()))?;
+        let (bytes, kind) = read.map_err(|e| not_wasm_hint(e, &grants.role))?;
+        let engine = self.engine_with(req.options.as_ref())?;
+        let program = tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind))
+            .await
+            .map_err(|e| ShimError::Internal(e.to_string()))??;
+        let scope = socket_scope(&grants.network, &netns::joined());
+        let config = GuestConfig::from_grants(grants, &private_dir(bundle), scope)?;
+        let listener = if program.is_server() {
+            Some(listen(grants, scope)?)
+        } else {
+            None
+        };
+        Ok((Workload::Wasm { program, config }, listener))
     }
 
     async fn do_create(&self, req: api::CreateTaskRequest) -> Result<api::CreateTaskResponse, ShimError> {
@@ -211,7 +272,9 @@ impl TaskService {
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))??;
         self.join_cgroup(&req.id, &spec, &grants).await;
-        let mounted = if req.rootfs.is_empty() {
+        // A sandbox reads nothing from its image: its snapshot stays unmounted.
+        let sandbox = matches!(grants.role, Role::Sandbox { .. });
+        let mounted = if req.rootfs.is_empty() || sandbox {
             None
         } else {
             let target = bundle.join("rootfs");
@@ -307,7 +370,7 @@ impl TaskService {
         Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
         let engine = self.engine()?;
-        let (kill_tx, kill_rx) = oneshot::channel::<u32>();
+        let (kill_tx, mut kill_rx) = mpsc::unbounded_channel::<u32>();
         {
             let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
             if *st != State::Created {
@@ -320,17 +383,46 @@ impl TaskService {
         self.inner.events.start(&c.id, self.inner.pid).await;
         let svc = self.clone();
         let container = c.clone();
+        let listener = c.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
         guest_runtime().spawn(async move {
             let c = container;
-            let (status, oom) = tokio::select! {
-                r = engine.run(&c.program, &c.config, io, c.stats.clone()) => match r {
-                    Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory(_))),
-                    Err(e) => {
-                        log::error!("start id={}: {e}", c.id);
-                        (126, false)
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let stats = c.stats.clone();
+            let run = async {
+                match (&c.workload, listener) {
+                    (Workload::Wasm { program: Program::Http(pre), config }, Some(l)) => {
+                        engine.serve(pre, config, io, stats, l, stop_rx).await
                     }
-                },
-                sig = kill_rx => (128 + sig.unwrap_or(libc::SIGKILL as u32), false),
+                    (Workload::Wasm { program, config }, _) => engine.run(program, config, io, stats).await,
+                    // A sandbox runs until a signal ends it.
+                    (Workload::Pause, _) => std::future::pending().await,
+                }
+            };
+            tokio::pin!(run);
+            let server = c.workload.is_server();
+            let pause = matches!(c.workload, Workload::Pause);
+            let (status, oom) = loop {
+                tokio::select! {
+                    r = &mut run => break match r {
+                        Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory(_))),
+                        Err(e) => {
+                            log::error!("start id={}: {e}", c.id);
+                            (126, false)
+                        }
+                    },
+                    sig = kill_rx.recv() => match sig {
+                        // A server stops gracefully on SIGTERM/SIGINT: no new
+                        // connections, in-flight requests finish, exit 0.
+                        Some(s) if server && (s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT) => {
+                            log::info!("id={}: stopping HTTP server gracefully", c.id);
+                            let _ = stop_tx.send(true);
+                        }
+                        // A sandbox ends cleanly on SIGTERM/SIGINT, as pause does.
+                        Some(s) if pause && (s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT) => break (0, false),
+                        Some(s) => break (128 + s, false),
+                        None => break (128 + libc::SIGKILL as u32, false),
+                    },
+                }
             };
             svc.exited(&c, status, oom).await;
         });
@@ -363,7 +455,7 @@ impl TaskService {
                 Ok(())
             }
             State::Running => {
-                if let Some(tx) = c.kill.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if let Some(tx) = c.kill.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                     let _ = tx.send(sig);
                 }
                 Ok(())
@@ -521,7 +613,19 @@ impl Task for TaskService {
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let c = self.get(&req.id)?;
         let live = c.state() == State::Running;
-        let any = crate::metrics::to_any(&c.stats, c.stats.memory_cap(), live).map_err(ShimError::Internal)?;
+        let server = c.workload.is_server();
+        if server {
+            use std::sync::atomic::Ordering::Relaxed;
+            log::debug!(
+                "stats id={} http requests={} in_flight={} errors={} memory={}",
+                c.id,
+                c.stats.requests_total.load(Relaxed),
+                c.stats.requests_in_flight.load(Relaxed),
+                c.stats.request_errors.load(Relaxed),
+                c.stats.memory_bytes.load(Relaxed)
+            );
+        }
+        let any = crate::metrics::to_any(&c.stats, c.stats.memory_cap(), live, server).map_err(ShimError::Internal)?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cri;
+
 pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
 pub const FIXTURES_IMAGE: &str = "wasmcell.test/fixtures:latest";
 
@@ -98,6 +100,12 @@ impl Containerd {
     }
 
     pub fn start_bare() -> Self {
+        Self::launch(None)
+    }
+
+    /// Starts containerd as [`Containerd::start_bare`] does, with `cri`
+    /// (a complete CRI plugin section) instead of the CRI plugin disabled.
+    pub(crate) fn launch(cri: Option<&dyn Fn(&Path) -> String>) -> Self {
         require_root();
         let (containerd, ctr) = containerd_bins();
         let shim = target_dir().join("containerd-shim-wasmtime-v1");
@@ -113,15 +121,22 @@ impl Containerd {
         std::fs::create_dir(&bin).unwrap();
         std::os::unix::fs::symlink(&shim, bin.join("containerd-shim-wasmtime-v1")).unwrap();
         let socket = d.join("c.sock");
+        let (top, plugins) = match cri {
+            None => (r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#.to_string(), String::new()),
+            Some(section) => (String::new(), section(d)),
+        };
+        // One complete file: in a 1.6 config an imported plugin table would
+        // replace the whole plugin section.
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{top}
 [grpc]
   address = "{d}/c.sock"
 [debug]
   level = "debug"
+{plugins}
 "#,
             d = d.display()
         );
@@ -171,6 +186,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
+        self.ctr_cmd_ns(&self.namespace, args)
+    }
+
+    fn ctr_cmd_ns(&self, namespace: &str, args: &[&str]) -> Command {
         // Every ctr call is bounded, so a hung shim fails the test instead of CI.
         let mut cmd = Command::new("timeout");
         cmd.args(["-k", "5", "120"])
@@ -178,9 +197,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg("-a")
             .arg(&self.socket)
             .arg("-n")
-            .arg(&self.namespace)
+            .arg(namespace)
             .args(args);
         cmd
+    }
+
+    /// Runs `ctr -n NAMESPACE ARGS` (CRI's objects live in `k8s.io`).
+    pub fn ctr_ns(&self, namespace: &str, args: &[&str]) -> Ran {
+        Ran::from(self.ctr_cmd_ns(namespace, args).stdin(Stdio::null()).output().expect("run ctr"))
     }
 
     /// Runs `ctr ARGS` with stdin closed.

@@ -35,9 +35,13 @@ pub fn joined() -> Joined {
 /// the network its spec asks for. Never fails the shim: a failure is recorded
 /// and the guests then get no network (fail closed).
 pub fn enter_for_bundle(bundle: &Path) {
-    let network = match wasmcell_grants::grants_for_bundle(&bundle.canonicalize().unwrap_or(bundle.to_path_buf())) {
-        Ok((_, g)) => g.network,
-        // The spec is refused again, with its message, at Create.
+    // Only the network is read here: a spec refused later (at Create, with
+    // its message) must still not leave the shim in the host's network.
+    let network = match std::fs::read(bundle.join("config.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| wasmcell_grants::parse_spec(&b).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => wasmcell_grants::network_of(&spec),
         Err(_) => Network::Private,
     };
     let joined = match network {
@@ -93,4 +97,16 @@ fn loopback_up() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether `path` names the network namespace this process is in. Paths
+/// differ for one namespace (CRI gives a pod's containers
+/// `/proc/<sandbox pid>/ns/net`, the sandbox `/var/run/netns/cni-...`), so
+/// namespaces are compared by identity: device and inode of the nsfs file.
+pub fn is_current(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata("/proc/thread-self/ns/net")) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }

@@ -1,0 +1,292 @@
+//! Serving `wasi:http/proxy` components: the shim listens on the guest's
+//! behalf, inside the container's network, and calls its
+//! `wasi:http/incoming-handler` for each request, on a fresh instance made
+//! from the pre-instantiated component (instantiation is the only per-request
+//! cost; compilation happened once).
+
+use std::convert::Infallible;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{watch, Mutex, Semaphore};
+use wasmtime::component::ResourceTable;
+use wasmtime::Store;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use crate::ctx::{GuestConfig, GuestIo, HttpHooks, P2State};
+use crate::limiter::{GuestStats, MemoryLimiter};
+use crate::run::{deadline_callback, Exit, Metered};
+use crate::{Engine, EngineError};
+
+/// Default bound on requests handled at once when `pids.limit` is unset.
+pub const DEFAULT_CONCURRENCY: usize = 128;
+/// Bound on open client connections.
+const MAX_CONNECTIONS: usize = 4096;
+/// In-flight requests get this long after a stop before they are cut off.
+pub const GRACE: Duration = Duration::from_secs(30);
+
+/// One output stream shared by every request's instance (the container has
+/// one stdout and one stderr, whatever the number of instances).
+#[derive(Clone)]
+struct SharedOut(Arc<wasmtime_wasi::cli::AsyncStdoutStream>);
+
+impl IsTerminal for SharedOut {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SharedOut {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        self.0.async_stream()
+    }
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        self.0.p2_stream()
+    }
+}
+
+fn shared(fd: Option<OwnedFd>) -> Result<Option<SharedOut>, EngineError> {
+    fd.map(|fd| {
+        tokio::net::unix::pipe::Sender::from_owned_fd(fd)
+            .map(|tx| SharedOut(Arc::new(wasmtime_wasi::cli::AsyncStdoutStream::new(64 * 1024, tx))))
+            .map_err(|e| EngineError::Context { what: "stdio".into(), reason: e.to_string() })
+    })
+    .transpose()
+}
+
+struct Server {
+    engine: Engine,
+    pre: ProxyPre<P2State>,
+    config: GuestConfig,
+    stats: Arc<GuestStats>,
+    stdout: Option<SharedOut>,
+    stderr: Option<SharedOut>,
+    /// The shim's own notes (traps) on the container's stderr.
+    notes: Option<Arc<Mutex<tokio::net::unix::pipe::Sender>>>,
+    requests: Semaphore,
+}
+
+fn text(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(body.to_string())).map_err(|e: Infallible| match e {}).boxed_unsync();
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+impl Server {
+    async fn note(&self, msg: String) {
+        if let Some(n) = &self.notes {
+            let mut tx = n.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.write_all(msg.as_bytes())).await;
+        }
+    }
+
+    async fn handle(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
+        // Back-pressure: a request waits for a free slot; it never makes the
+        // shim hold more instances than the bound.
+        let Ok(_permit) = self.requests.acquire().await else {
+            return Ok(text(503, "server is stopping\n"));
+        };
+        let _running = self.engine.inner.ticker.running();
+        self.stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        let resp = self.clone().instance(req).await;
+        self.stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        let resp = match resp {
+            Ok(r) => r,
+            Err(msg) => {
+                self.stats.request_errors.fetch_add(1, Ordering::Relaxed);
+                self.note(format!("wasmcell: request failed: {msg}\n")).await;
+                text(500, "internal server error\n")
+            }
+        };
+        Ok(resp)
+    }
+
+    async fn instance(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        let mut b = self
+            .config
+            .builder(GuestIo::default())
+            .map_err(|e| e.to_string())?;
+        if let Some(o) = &self.stdout {
+            b.stdout(o.clone());
+        }
+        if let Some(o) = &self.stderr {
+            b.stderr(o.clone());
+        }
+        let state = P2State {
+            wasi: b.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(self.stats.clone()),
+            http: WasiHttpCtx::new(),
+            hooks: HttpHooks { allow_outgoing: self.config.allows_outgoing() },
+        };
+        let mut store = Store::new(self.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(deadline_callback(&self.config, self.stats.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| format!("{e:#}"))?;
+        let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
+        let pre = self.pre.clone();
+        let stats = self.stats.clone();
+        // The instance runs on its own task so the body can keep streaming
+        // after the response head is returned.
+        let metered = stats.clone();
+        let task = tokio::spawn(Metered::new(
+            async move {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+            },
+            metered,
+        ));
+        match rx.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(format!("handler returned an error: {code:?}")),
+            Err(_) => {
+                let why = match task.await {
+                    Ok(Ok(())) => "handler returned without setting a response".to_string(),
+                    Ok(Err(e)) => {
+                        if stats.oom.load(Ordering::Relaxed) {
+                            format!("out of memory: {e:#}")
+                        } else {
+                            format!("handler trapped: {e:#}")
+                        }
+                    }
+                    Err(e) => format!("handler task: {e}"),
+                };
+                Err(why)
+            }
+        }
+    }
+}
+
+/// Aborts the reporting task when serving ends, however it ends.
+struct Reporter(tokio::task::JoinHandle<()>);
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Request counters in the shim's log (debug level), when they change.
+async fn report(stats: Arc<GuestStats>) {
+    let mut last = (u64::MAX, u64::MAX);
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = (stats.requests_total.load(Ordering::Relaxed), stats.requests_in_flight.load(Ordering::Relaxed));
+        if now != last {
+            log::debug!(
+                "http: requests={} in_flight={} errors={} memory={}",
+                now.0,
+                now.1,
+                stats.request_errors.load(Ordering::Relaxed),
+                stats.memory_bytes.load(Ordering::Relaxed)
+            );
+            last = now;
+        }
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone); holds no borrow of
+/// the channel afterwards, so the future stays `Send`.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+impl Engine {
+    /// Serves `pre` on `listener` until `stop` turns true; then stops
+    /// accepting, lets in-flight requests finish (up to [`GRACE`]) and
+    /// returns `Exit::Code(0)`. Dropping the future stops at once.
+    pub async fn serve(
+        &self,
+        pre: &ProxyPre<P2State>,
+        config: &GuestConfig,
+        io: GuestIo,
+        stats: Arc<GuestStats>,
+        listener: std::net::TcpListener,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<Exit, EngineError> {
+        if stats.memory_cap().is_none() {
+            stats.set_memory_cap(config.limits.memory_bytes);
+        }
+        if stats.cpu_quota().is_none() {
+            stats.set_cpu_quota(config.limits.cpu);
+        }
+        let ctx_err = |e: std::io::Error| EngineError::Context { what: "listener".into(), reason: e.to_string() };
+        listener.set_nonblocking(true).map_err(ctx_err)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(ctx_err)?;
+        let notes = io
+            .stderr
+            .as_ref()
+            .and_then(|fd| fd.try_clone().ok())
+            .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok())
+            .map(|tx| Arc::new(Mutex::new(tx)));
+        let concurrency = config.limits.instances.map_or(DEFAULT_CONCURRENCY, |n| n as usize).max(1);
+        let server = Arc::new(Server {
+            engine: self.clone(),
+            pre: pre.clone(),
+            config: config.clone(),
+            stats: stats.clone(),
+            stdout: shared(io.stdout)?,
+            stderr: shared(io.stderr)?,
+            notes,
+            requests: Semaphore::new(concurrency),
+        });
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let _reporter = Reporter(tokio::spawn(report(stats.clone())));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let Ok(permit) = connections.clone().acquire_owned().await else { break };
+            let accepted = tokio::select! {
+                _ = stopped(&mut stop) => break,
+                a = listener.accept() => a,
+            };
+            let (conn, _peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    log::debug!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let server = server.clone();
+            let mut stop = stop.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let svc = hyper::service::service_fn(move |req| server.clone().handle(req));
+                let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(conn), svc);
+                let mut conn: Pin<Box<_>> = Box::pin(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopped(&mut stop) => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(listener);
+        // Stopping: in-flight requests finish, within the grace period.
+        let drained = tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            log::warn!("http: requests still running after {GRACE:?}; cutting them off");
+            tasks.abort_all();
+        }
+        Ok(Exit::Code(0))
+    }
+}

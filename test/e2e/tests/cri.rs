@@ -1,0 +1,152 @@
+//! Kubernetes: pods through containerd's CRI plugin with the `wasmtime`
+//! runtime handler, driven over CRI's gRPC API as kubelet drives it.
+
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use wasmcell_e2e::cri::{http_get, Cri, HANDLER, PAUSE_IMAGE, WASM_IMAGE};
+
+fn wait_http(addr: &str, path: &str) -> (u16, String) {
+    for _ in 0..200 {
+        if let Some(r) = http_get(addr, path) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing answered at {addr}");
+}
+
+#[test]
+fn wasm_pod_lifecycle_like_kubelet() {
+    let c = Cri::start();
+    let v = c.version().expect("Version");
+    assert!(v.runtime_name.contains("containerd"), "{v:?}");
+    let images = c.list_images().expect("ListImages");
+    for want in [PAUSE_IMAGE, WASM_IMAGE] {
+        assert!(images.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with(want))), "{want} not in {images:?}");
+    }
+
+    // RunPodSandbox: the sandbox runs no process; one shim holds the pod.
+    let pod_cfg = c.pod_config("web");
+    let pod = c.run_pod(&pod_cfg).expect("RunPodSandbox");
+    let ps = c.pod_status(&pod).expect("PodSandboxStatus");
+    assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32, "{ps:?}");
+    assert_eq!(ps.runtime_handler, HANDLER);
+    let ip = ps.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    assert!(ip.starts_with("10.237.0."), "pod IP from the CNI bridge: {ps:?}");
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+
+    // A command container: logs with stream tags, exit code, reason.
+    let hello = c
+        .create(&pod, &pod_cfg, c.container_config("hello", &["/hello.wasm", "from-cri"], &[("POD", "web")]))
+        .expect("CreateContainer hello");
+    c.start_container(&hello).expect("StartContainer hello");
+    let st = c.wait_exited(&hello);
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"), "{st:?}");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = c.log_lines(&pod_cfg, "hello");
+        if lines.iter().any(|(_, l)| l.contains("args:")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lines.contains(&("stdout".into(), "hello from wasmcell".into())), "{lines:?}");
+    assert!(lines.iter().any(|(s, l)| s == "stdout" && l == "args: /hello.wasm from-cri"), "{lines:?}");
+    assert!(lines.iter().any(|(s, l)| s == "stdout" && l == "env: POD=web"), "{lines:?}");
+
+    // A failing command: its code and "Error".
+    let failing = c
+        .create(&pod, &pod_cfg, c.container_config("fails", &["/exit-code-p1.wasm", "3"], &[]))
+        .expect("CreateContainer fails");
+    c.start_container(&failing).expect("StartContainer fails");
+    let st = c.wait_exited(&failing);
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+
+    // An HTTP container: listens in the pod's network namespace, reachable
+    // at the pod IP from the node, as a probe or a Service would reach it.
+    let web = c
+        .create(&pod, &pod_cfg, c.container_config("web", &["/http.wasm"], &[("WASMCELL_HTTP_ADDR", "0.0.0.0:8080")]))
+        .expect("CreateContainer web");
+    c.start_container(&web).expect("StartContainer web");
+    let addr = format!("{ip}:8080");
+    let (status, body) = wait_http(&addr, "/probe");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello from wasmcell http") && body.contains("path: /probe"), "{body}");
+    // Not on the host's loopback: the listener lives in the pod's netns.
+    assert!(http_get("127.0.0.1:8080", "/").is_none(), "the pod's port must not be on the host's loopback");
+
+    // A long-running command holding memory, for ContainerStats.
+    let busy = c
+        .create(&pod, &pod_cfg, c.container_config("busy", &["/probe.wasm", "alloc", "16", "sleep", "600000"], &[]))
+        .expect("CreateContainer busy");
+    c.start_container(&busy).expect("StartContainer busy");
+    let mut mem = 0;
+    for _ in 0..100 {
+        let s = c.container_stats(&busy).expect("ContainerStats");
+        mem = s.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
+        if mem >= 16 << 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(mem >= 16 << 20, "working set of a guest holding 16 MiB: {mem}");
+    let s = c.container_stats(&web).expect("ContainerStats web");
+    let cpu = s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
+    assert!(cpu > 0, "CPU of a container that served a request: {s:?}");
+
+    // Four containers and the sandbox: still one shim process.
+    assert_eq!(c.shim_pids(), shims, "every container of the pod is served by the pod's shim");
+
+    // exec is refused with a message that says why.
+    let e = c.exec_sync(&busy, &["/bin/sh"]).expect_err("ExecSync must fail");
+    assert!(e.message().contains("not supported"), "{e:?}");
+
+    // StopContainer: SIGTERM; the HTTP server drains and exits 0; the busy
+    // command is killed after the grace period.
+    c.stop_container(&web, 10).expect("StopContainer web");
+    let st = c.container_status(&web).unwrap();
+    assert_eq!(st.exit_code, 0, "graceful HTTP stop: {st:?}");
+    c.stop_container(&busy, 1).expect("StopContainer busy");
+    let st = c.container_status(&busy).unwrap();
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert!(st.exit_code == 137 || st.exit_code == 143, "{st:?}");
+
+    for id in [&hello, &failing, &web, &busy] {
+        c.remove_container(id).expect("RemoveContainer");
+    }
+    c.stop_pod(&pod).expect("StopPodSandbox");
+    c.remove_pod(&pod).expect("RemovePodSandbox");
+    // The shim exits with the pod's last container.
+    for _ in 0..200 {
+        if c.shim_pids().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(c.shim_pids().is_empty(), "shim left after the pod was removed: {:?}", c.shim_pids());
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn native_container_in_a_wasm_pod_is_refused_clearly() {
+    let c = Cri::start();
+    let pod_cfg = c.pod_config("mixed");
+    let pod = c.run_pod(&pod_cfg).expect("RunPodSandbox");
+    // The static pause binary is a Linux executable, not Wasm.
+    let native = c
+        .create(&pod, &pod_cfg, c.container_config("sidecar", &["/pause"], &[]))
+        .expect("CreateContainer (the shim is first involved at start)");
+    let e = c.start_container(&native).expect_err("a native container must not start");
+    assert!(e.message().contains("runc"), "the error must point to a runc RuntimeClass: {e:?}");
+    // The pod keeps working: a Wasm container of it still runs.
+    let hello = c.create(&pod, &pod_cfg, c.container_config("hello", &["/hello.wasm"], &[])).unwrap();
+    c.start_container(&hello).unwrap();
+    assert_eq!(c.wait_exited(&hello).exit_code, 0);
+    c.remove_container(&native).expect("RemoveContainer native");
+    c.remove_container(&hello).unwrap();
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
+    c.stop_and_check_clean();
+}

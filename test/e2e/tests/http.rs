@@ -1,0 +1,194 @@
+//! `wasi:http/proxy` components served as long-running HTTP containers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use wasmcell_e2e::Containerd;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request; (status, body). `None` if it cannot connect.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nX-Test: probe-value\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: keep only the payload lines.
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body.split("\r\n").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, l)| l).collect::<Vec<_>>().join("")
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+/// Waits (bounded) for the server to answer.
+fn wait_up(addr: &str) {
+    for _ in 0..200 {
+        if get(addr, "/").is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("HTTP server at {addr} never answered");
+}
+
+fn start_server(c: &Containerd, id: &str, extra: &[&str], addr: &str, log: &std::path::Path) {
+    let env = format!("WASMCELL_HTTP_ADDR={addr}");
+    let uri = format!("file://{}", log.display());
+    let mut args = vec!["--env", env.as_str(), "--log-uri", uri.as_str()];
+    args.extend_from_slice(extra);
+    c.run_detached(id, &args, &["/http.wasm"]).ok();
+    c.wait_status(id, "RUNNING");
+}
+
+fn stop(c: &Containerd, id: &str) {
+    c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    c.wait_status(id, "STOPPED");
+    c.ctr(&["task", "delete", id]);
+    c.ctr(&["containers", "rm", id]).ok();
+}
+
+#[test]
+fn serves_requests_on_the_host_network_and_survives_a_trap() {
+    let c = Containerd::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = c.dir.path().join("http.log");
+    start_server(&c, "web", &["--net-host"], &addr, &log);
+    wait_up(&addr);
+    let (status, body) = get(&addr, "/hello?x=1").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("hello from wasmcell http"), "{body}");
+    assert!(body.contains("method: GET") && body.contains("path: /hello?x=1") && body.contains("x-test: probe-value"), "{body}");
+    // A trapping handler gives that request a 500; the server keeps serving.
+    assert_eq!(get(&addr, "/trap").unwrap().0, 500);
+    assert_eq!(get(&addr, "/after-trap").unwrap().0, 200);
+    // Stats: requests and the memory of live instances.
+    let m = c.ctr(&["task", "metrics", "web"]);
+    m.ok();
+    assert!(m.stdout.contains("pids.current"), "{m:?}");
+    // The guest's stdout and the shim's note about the trap reach the log.
+    let mut logged = String::new();
+    for _ in 0..100 {
+        logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("request GET /after-trap") && logged.contains("trapped") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(logged.contains("request GET /hello?x=1"), "{logged}");
+    assert!(logged.contains("handler trapped"), "{logged}");
+    stop(&c, "web");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn private_network_is_not_reachable_from_the_host_but_serves_inside() {
+    let c = Containerd::start();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = c.dir.path().join("http.log");
+    start_server(&c, "private", &[], &addr, &log);
+    let shim = c.shim_pids()[0];
+    // Inside the container's network namespace (the shim's), it answers.
+    let netns = format!("/proc/{shim}/ns/net");
+    let inside = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&netns).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            for _ in 0..200 {
+                if let Some(r) = get(&addr, "/inside") {
+                    return Some(r);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        })
+        .join()
+        .unwrap()
+    };
+    let (status, body) = inside.expect("served inside its namespace");
+    assert_eq!(status, 200);
+    assert!(body.contains("path: /inside"));
+    // From the host's network, nothing listens there.
+    assert!(get(&addr, "/").is_none(), "reachable from the host network");
+    stop(&c, "private");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
+    let mut c = Containerd::start();
+    c.watch_events();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = c.dir.path().join("http.log");
+    start_server(&c, "graceful", &["--net-host"], &addr, &log);
+    wait_up(&addr);
+    let a = addr.clone();
+    let slow = std::thread::spawn(move || get(&a, "/slow?ms=2000"));
+    // Wait until the request is being handled (metrics: one live instance).
+    for _ in 0..200 {
+        let m = c.ctr(&["task", "metrics", "graceful"]);
+        if m.stdout.lines().any(|l| l.starts_with("pids.current") && !l.trim_end().ends_with(" 0")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.ctr(&["task", "kill", "-s", "SIGTERM", "graceful"]).ok();
+    let (status, body) = slow.join().unwrap().expect("the in-flight request completes");
+    assert_eq!((status, body.as_str()), (200, "slow done\n"));
+    c.wait_status("graceful", "STOPPED");
+    let events = c.events_until("graceful", "/tasks/exit");
+    let exit = events.iter().find(|(t, _)| t == "/tasks/exit").unwrap();
+    assert_eq!(exit.1["exit_status"].as_u64().unwrap_or(0), 0, "{exit:?}");
+    // No new connections after the stop.
+    assert!(get(&addr, "/").is_none());
+    c.ctr(&["task", "delete", "graceful"]);
+    c.ctr(&["containers", "rm", "graceful"]).ok();
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn outgoing_requests_follow_the_network_grant() {
+    let c = Containerd::start();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = upstream.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream");
+        }
+    });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = c.dir.path().join("http.log");
+    start_server(&c, "fetcher", &["--net-host"], &addr, &log);
+    wait_up(&addr);
+    let (status, body) = get(&addr, &format!("/fetch?url=http://{up}/")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("fetched 200: upstream"), "{body}");
+    server.join().unwrap();
+    stop(&c, "fetcher");
+    c.stop_and_check_clean();
+}
+
+#[test]
+fn port_in_use_fails_at_create_with_a_clear_error() {
+    let c = Containerd::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let env = format!("WASMCELL_HTTP_ADDR={addr}");
+    let r = c.run_detached("busy", &["--net-host", "--env", &env], &["/http.wasm"]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("cannot listen on") && r.stderr.contains(&addr), "{r:?}");
+    c.ctr(&["containers", "rm", "busy"]);
+    c.stop_and_check_clean();
+}
