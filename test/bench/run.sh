@@ -25,40 +25,36 @@ gcc -static -O2 -o "$work/sleep" "$ROOT/test/bench/sleep.c"
 CTR images import "$work/native.tar" >/dev/null
 CTR images import --all-platforms "$work/hello.tar" >/dev/null
 
-# The large component, when componentize-py can be had from PyPI.
-LARGE=""
-if ! command -v componentize-py >/dev/null 2>&1; then
-  pip install -q componentize-py >/dev/null 2>&1 || true
+# The large component: a Python program made into a WASI 0.2 command by
+# componentize-py (from PyPI, in a venv cached between runs), ~18 MB of Wasm.
+VENV="${WASMCELL_BENCH_CACHE:-/var/cache/wasmcell/bench}/venv"
+if [ ! -x "$VENV/bin/componentize-py" ]; then
+  echo "installing componentize-py into $VENV ..."
+  python3 -m venv "$VENV" && "$VENV/bin/pip" install -q componentize-py ||
+    { echo "bench: cannot install componentize-py from PyPI (needs python3-venv and PyPI access)" >&2; exit 1; }
 fi
-if command -v componentize-py >/dev/null 2>&1; then
-  WIT="$(ls -d "$HOME"/.cargo/registry/src/*/wasmtime-wasi-48.*/src/p2/wit 2>/dev/null | head -1 || true)"
-  if [ -n "$WIT" ]; then
-    (cd "$work" && cp "$ROOT/test/bench/large.py" app.py &&
-      componentize-py -q -d "$WIT" -w "$(sed -n 's/^package \(wasi:cli@[0-9.]*\);/\1/p' "$WIT/deps/cli.wit" | sed 's#@#/command@#')" \
-        componentize app -o large.wasm >/dev/null 2>&1) && LARGE="$work/large.wasm"
-  fi
-fi
-if [ -n "$LARGE" ]; then
-  "$BIN/wasmcell" image build -t bench/large:latest -o "$work/large.tar" "$LARGE:/large.wasm" >/dev/null
-  CTR images import --all-platforms "$work/large.tar" >/dev/null
-  echo "large component: $(du -h "$LARGE" | cut -f1) ($(stat -c %s "$LARGE") bytes)"
-else
-  echo "large component: componentize-py unavailable (pip install componentize-py); skipped"
-fi
+WIT="$(ls -d "$HOME"/.cargo/registry/src/*/wasmtime-wasi-48.*/src/p2/wit 2>/dev/null | head -1 || true)"
+[ -n "$WIT" ] || { echo "bench: WASI WIT files not found (run cargo fetch first)" >&2; exit 1; }
+WORLD="$(sed -n 's/^package \(wasi:cli@[0-9.]*\);/\1/p' "$WIT/deps/cli.wit" | sed 's#@#/command@#')"
+(cd "$work" && cp "$ROOT/test/bench/large.py" app.py &&
+  "$VENV/bin/componentize-py" -d "$WIT" -w "$WORLD" componentize app -o large.wasm >/dev/null)
+LARGE="$work/large.wasm"
+"$BIN/wasmcell" image build -t bench/large:latest -o "$work/large.tar" "$LARGE:/large.wasm" >/dev/null
+CTR images import --all-platforms "$work/large.tar" >/dev/null
+echo "large component: $(du -h "$LARGE" | cut -f1) ($(stat -c %s "$LARGE") bytes)"
 
 RUNC="ctr -a $CD_DIR/c.sock run --rm bench/native:latest b-runc /true"
 HELLO="ctr -a $CD_DIR/c.sock run --rm --platform wasi/wasm --runtime $RUNTIME bench/hello:latest b-hello"
 LARGE_CMD="ctr -a $CD_DIR/c.sock run --rm --platform wasi/wasm --runtime $RUNTIME bench/large:latest b-large"
 # Warm up snapshots and the page cache.
-$RUNC; $HELLO >/dev/null; [ -n "$LARGE" ] && $LARGE_CMD >/dev/null
+$RUNC; $HELLO >/dev/null; $LARGE_CMD >/dev/null
 
 hf() { hyperfine --style none -N "$@" >/dev/null; }
 echo "timing ctr run --rm ($RUNS warm runs, $COLD_RUNS cold runs each)..."
-warm_cmds=(-n runc-true "$RUNC" -n hello-warm "$HELLO")
-[ -n "$LARGE" ] && warm_cmds+=(-n large-warm "$LARGE_CMD")
+warm_cmds=(-n runc-true "$RUNC" -n hello-warm "$HELLO" -n large-warm "$LARGE_CMD")
 hf --warmup 2 --runs "$RUNS" --export-json "$work/warm.json" "${warm_cmds[@]}"
 hf --runs "$COLD_RUNS" --prepare "rm -rf $CACHE" --export-json "$work/cold-hello.json" -n hello-cold "$HELLO"
-[ -n "$LARGE" ] && hf --runs "$COLD_RUNS" --prepare "rm -rf $CACHE" --export-json "$work/cold-large.json" -n large-cold "$LARGE_CMD"
+hf --runs "$COLD_RUNS" --prepare "rm -rf $CACHE" --export-json "$work/cold-large.json" -n large-cold "$LARGE_CMD"
 
 # Idle cost: PSS summed over every process of the container.
 pss_kb() { awk '/^Pss:/{s+=$2} END{print s+0}' "$@" 2>/dev/null; }
@@ -77,6 +73,35 @@ for id in idle-runc idle-wasm; do CTR task kill -s SIGKILL $id >/dev/null 2>&1 |
 sleep 0.5
 for id in idle-runc idle-wasm; do CTR task delete $id >/dev/null 2>&1 || true; CTR containers rm $id >/dev/null 2>&1 || true; done
 
+# HTTP: the hello handler served by the shim (a detached container on the
+# host network) vs the same component served by plain Wasmtime in one
+# process (test/bench/http-baseline), both measured with wrk on 127.0.0.1,
+# bounded in time. Then the idle PSS of the HTTP container.
+HTTP_SECS="${BENCH_HTTP_SECS:-5}"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl_ok "$1" && return 0; sleep 0.05; done; echo "bench: nothing answers at $1" >&2; return 1; }
+curl_ok() { python3 -c 'import sys,urllib.request; urllib.request.urlopen("http://"+sys.argv[1]+"/", timeout=2)' "$1" 2>/dev/null; }
+rps() { wrk -t2 -c32 -d"${HTTP_SECS}s" "http://$1/bench" | awk '/^Requests\/sec:/{print $2}'; }
+"$BIN/wasmcell" image build -t bench/http:latest -o "$work/http.tar" "$ROOT/test/fixtures/wasm/http.wasm" >/dev/null
+CTR images import --all-platforms "$work/http.tar" >/dev/null
+SHIM_ADDR="127.0.0.1:$(free_port)"
+CTR run -d --net-host --env "WASMCELL_HTTP_ADDR=$SHIM_ADDR" --platform wasi/wasm --runtime $RUNTIME bench/http:latest http-bench >/dev/null
+wait_http "$SHIM_ADDR"
+sleep 1
+http_task=$(CTR task ls | awk '$1=="http-bench"{print $2}')
+HTTP_IDLE_PSS=$(pss_kb "/proc/$http_task/smaps_rollup")
+echo "timing HTTP throughput (${HTTP_SECS} s each, wrk -t2 -c32)..."
+SHIM_RPS=$(rps "$SHIM_ADDR")
+HTTP_LOADED_PSS=$(pss_kb "/proc/$http_task/smaps_rollup")
+CTR task kill -s SIGKILL http-bench >/dev/null 2>&1 || true; sleep 0.3
+CTR task delete http-bench >/dev/null 2>&1 || true; CTR containers rm http-bench >/dev/null 2>&1 || true
+BASE_ADDR="127.0.0.1:$(free_port)"
+"$BIN/wasmcell-http-baseline" "$ROOT/test/fixtures/wasm/http.wasm" "$BASE_ADDR" 2>/dev/null &
+BASE_PID=$!
+wait_http "$BASE_ADDR"
+BASE_RPS=$(rps "$BASE_ADDR")
+kill "$BASE_PID" 2>/dev/null || true; wait "$BASE_PID" 2>/dev/null || true
+
 # CPU quota: a guest that never yields, under --cpu-quota/--cpu-period,
 # measured from the shim process's CPU time (utime+stime) over wall time.
 QUOTA=25000 PERIOD=100000 SECS="${BENCH_QUOTA_SECS:-4}"
@@ -91,11 +116,14 @@ CTR task kill -s SIGKILL quota >/dev/null; sleep 0.3
 CTR task delete quota >/dev/null 2>&1 || true; CTR containers rm quota >/dev/null
 
 python3 - "$work" "$RUNC_PSS" "$WASM_PSS" "$RUNC_PROCS" "$WASM_PROCS" \
-  "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" "$QUOTA" "$PERIOD" <<'PY'
+  "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" "$QUOTA" "$PERIOD" \
+  "$SHIM_RPS" "$BASE_RPS" "$HTTP_IDLE_PSS" "$HTTP_LOADED_PSS" <<'PY'
 import json, os, sys
 work = sys.argv[1]
 runc_pss, wasm_pss, runc_n, wasm_n = map(int, sys.argv[2:6])
 c0, c1, t0, t1, tick, q, p = map(float, sys.argv[6:13])
+shim_rps, base_rps = float(sys.argv[13] or 0), float(sys.argv[14] or 0)
+http_idle, http_loaded = int(sys.argv[15]), int(sys.argv[16])
 res = {}
 for f in ["warm.json", "cold-hello.json", "cold-large.json"]:
     path = os.path.join(work, f)
@@ -118,6 +146,13 @@ print("idle container, PSS of all its processes:")
 print(f"  runc, static sleep               {runc_pss/1024:9.1f} MiB  ({runc_n} processes)")
 print(f"  wasmcell, sleeping guest         {wasm_pss/1024:9.1f} MiB  ({wasm_n} process)")
 print(f"  ratio wasmcell/runc              {wasm_pss/runc_pss:9.2f}x")
+print()
+print("HTTP hello handler, requests/s (wrk -t2 -c32 on 127.0.0.1):")
+print(f"  plain Wasmtime, in-process       {base_rps:9.0f}")
+print(f"  wasmcell shim container          {shim_rps:9.0f}")
+print(f"  ratio wasmcell/plain Wasmtime    {shim_rps/base_rps if base_rps else 0:9.2f}x")
+print(f"  HTTP container PSS idle          {http_idle/1024:9.1f} MiB  (after load {http_loaded/1024:.1f} MiB)")
+print(f"  ratio idle HTTP/runc sleep       {http_idle/runc_pss:9.2f}x")
 used = (c1 - c0) / tick / (t1 - t0)
 print()
 print(f"CPU quota, busy-loop guest, {q/p:.2f} of a core granted:")

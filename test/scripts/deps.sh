@@ -9,11 +9,15 @@ have ctr || need+=(containerd)
 have runc || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
 have hyperfine || need+=(hyperfine)
+have ip || need+=(iproute2)
 have script || need+=(util-linux)
 have gcc || need+=(gcc libc6-dev)
 # protoc: the CRI client of the Kubernetes end-to-end suite is generated from
 # the CRI protobufs at build time.
 have protoc || need+=(protobuf-compiler)
+# make bench: wrk for HTTP throughput; python3-venv for componentize-py.
+have wrk || need+=(wrk)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 have cargo || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -72,6 +72,16 @@ enum ImageCmd {
         /// Platform OS/ARCH of the image.
         #[arg(long, default_value = "wasi/wasm")]
         platform: String,
+        /// Each .wasm file as an `application/wasm` layer of an ordinary
+        /// image (needs containerd >= 1.7.7 or 2.x) instead of one tar layer.
+        #[arg(long, conflicts_with = "artifact")]
+        wasm_layers: bool,
+        /// A CNCF TAG Runtime Wasm OCI artifact (config
+        /// application/vnd.wasm.config.v0+json): runs through CRI with the
+        /// pod's command on containerd >= 1.7.7 / 2.x; `ctr run` refuses it.
+        /// Entrypoint, cmd, env, labels, workdir and platform do not apply.
+        #[arg(long)]
+        artifact: bool,
         /// Files: SRC (placed at /basename) or SRC:DEST.
         #[arg(required = true)]
         files: Vec<String>,
@@ -89,6 +99,8 @@ fn main() -> Result<()> {
             label,
             workdir,
             platform,
+            wasm_layers,
+            artifact,
             files,
         }) => {
             let files = files
@@ -104,6 +116,13 @@ fn main() -> Result<()> {
                 labels: label,
                 working_dir: workdir,
                 platform: Some(platform),
+                layout: if artifact {
+                    wasmcell_oci::image::Layout::Artifact
+                } else if wasm_layers {
+                    wasmcell_oci::image::Layout::WasmLayers
+                } else {
+                    wasmcell_oci::image::Layout::Tar
+                },
             };
             let tmp = output.with_extension("tmp");
             let file = std::fs::File::create(&tmp)

@@ -78,3 +78,27 @@ mod tests {
         }
     }
 }
+
+/// The top-level imports and exports of a component, by name (e.g.
+/// `wasi:cli/run@0.2.0`), for the Wasm OCI artifact config. Nested
+/// components and modules are skipped. Empty lists for anything unparsable.
+pub fn component_interfaces(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+    use wasmparser::{Parser, Payload};
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { break };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(r) if depth == 0 => {
+                imports.extend(r.into_iter().flatten().map(|i| i.name.name.to_string()));
+            }
+            Payload::ComponentExportSection(r) if depth == 0 => {
+                exports.extend(r.into_iter().flatten().map(|e| e.name.name.to_string()));
+            }
+            _ => {}
+        }
+    }
+    (imports, exports)
+}

@@ -1,9 +1,11 @@
 //! Build an OCI image-layout tarball from local files, offline.
 //!
-//! The result holds one manifest for platform `wasi/wasm` with a single
-//! uncompressed tar layer, and imports with
-//! `ctr image import --all-platforms FILE`. Entries are written in a fixed
-//! order with zero timestamps, so the same inputs give the same digests.
+//! The result holds one manifest and imports with
+//! `ctr image import --all-platforms FILE`. Three layouts ([`Layout`]):
+//! the files in one uncompressed tar layer (runs on every containerd), each
+//! `.wasm` file as an `application/wasm` layer of an ordinary image, or the
+//! CNCF TAG Runtime Wasm OCI artifact. Entries are written in a fixed order
+//! with zero timestamps, so the same inputs give the same digests.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -42,6 +44,28 @@ pub enum ImageError {
     Write(#[from] std::io::Error),
     #[error("image metadata: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+    #[error("{path}: only WebAssembly files can be Wasm layers ({reason})")]
+    NotWasmLayer { path: String, reason: crate::classify::NotWasm },
+}
+
+/// How the files travel in the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// One uncompressed tar layer holding every file: an ordinary image
+    /// that every containerd (1.6 included) unpacks into the rootfs.
+    #[default]
+    Tar,
+    /// Each `.wasm` file as its own `application/wasm` layer (titled with
+    /// its file name) of an ordinary image config. containerd >= 1.7.7
+    /// and 2.x import and run it; the shim reads the layers from
+    /// containerd's content store.
+    WasmLayers,
+    /// The CNCF TAG Runtime Wasm OCI artifact: config
+    /// `application/vnd.wasm.config.v0+json` (`architecture: wasm`,
+    /// `os: wasip2`, `layerDigests`, the component's imports and exports)
+    /// and `application/wasm` layers. It has no entrypoint: CRI runs it
+    /// with the pod's command; `ctr run` refuses its config type.
+    Artifact,
 }
 
 /// One file to put into the image.
@@ -96,6 +120,7 @@ pub struct ImageSpec {
     /// `OS/ARCH`; default `wasi/wasm`. (Other platforms exist for test
     /// images, e.g. a static native binary for a runc baseline.)
     pub platform: Option<String>,
+    pub layout: Layout,
 }
 
 /// The digests of what was written, for callers that want to print them.
@@ -198,9 +223,24 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<Built, ImageError> {
             _ => return Err(ImageError::BadPlatform(p.to_string())),
         },
     };
-    let layer = layer(&spec.files)?;
-    let layer_desc = descriptor(MediaType::ImageLayer, &layer)?;
-    let diff_id = format!("sha256:{}", sha256(&layer));
+    let layers = match spec.layout {
+        Layout::Tar => {
+            let l = layer(&spec.files)?;
+            vec![(descriptor(MediaType::ImageLayer, &l)?, l)]
+        }
+        Layout::WasmLayers | Layout::Artifact => wasm_layers(&spec.files)?,
+    };
+    // rootfs.diff_ids lists what unpacks into the rootfs: the tar layer
+    // (uncompressed: its diff id is its digest). containerd leaves layers
+    // of other media types (Wasm) out of the rootfs and expects them out
+    // of diff_ids too.
+    let diff_ids: Vec<String> = match spec.layout {
+        Layout::Tar => layers.iter().map(|(d, _)| d.digest().to_string()).collect(),
+        Layout::WasmLayers | Layout::Artifact => Vec::new(),
+    };
+    if spec.layout == Layout::Artifact {
+        return write_layout(out, &repo, &tag, artifact_config(&layers)?, layers, ("wasip2", "wasm"));
+    }
 
     let labels: HashMap<String, String> = spec
         .labels
@@ -221,33 +261,78 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<Built, ImageError> {
         .architecture(Arch::from(arch.as_str()))
         .os(Os::from(os.as_str()))
         .config(cfg.build()?)
-        .rootfs(
-            RootFsBuilder::default()
-                .typ("layers")
-                .diff_ids(vec![diff_id])
-                .build()?,
-        )
+        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(diff_ids).build()?)
         .build()?;
     let config_bytes = canonical_json(&config)?;
     let config_desc = descriptor(MediaType::ImageConfig, &config_bytes)?;
+    write_layout(out, &repo, &tag, (config_desc, config_bytes), layers, (&os, &arch))
+}
 
+/// Each file as an `application/wasm` layer titled with its file name.
+fn wasm_layers(files: &[ImageFile]) -> Result<Vec<(Descriptor, Vec<u8>)>, ImageError> {
+    let mut out = Vec::new();
+    for f in files {
+        let data = std::fs::read(&f.source).map_err(|source| ImageError::Read {
+            path: f.source.display().to_string(),
+            source,
+        })?;
+        crate::classify(&data).map_err(|reason| ImageError::NotWasmLayer {
+            path: f.source.display().to_string(),
+            reason,
+        })?;
+        let mut d = descriptor(MediaType::Other(crate::layers::WASM_LAYER.into()), &data)?;
+        let name = f.destination.rsplit('/').next().unwrap_or(&f.destination).to_string();
+        d.set_annotations(Some(HashMap::from([(crate::layers::TITLE.to_string(), name)])));
+        out.push((d, data));
+    }
+    Ok(out)
+}
+
+/// The TAG Runtime Wasm artifact config for `layers`.
+fn artifact_config(layers: &[(Descriptor, Vec<u8>)]) -> Result<(Descriptor, Vec<u8>), ImageError> {
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    for (_, data) in layers {
+        let (i, e) = crate::classify::component_interfaces(data);
+        imports.extend(i);
+        exports.extend(e);
+    }
+    let config = serde_json::json!({
+        "created": "1970-01-01T00:00:00Z",
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": layers.iter().map(|(d, _)| d.digest().to_string()).collect::<Vec<_>>(),
+        "component": {"imports": imports, "exports": exports},
+    });
+    let bytes = canonical_json(&config)?;
+    Ok((descriptor(MediaType::Other(crate::layers::WASM_CONFIG.into()), &bytes)?, bytes))
+}
+
+/// Manifest, index and blobs, as an image-layout tarball.
+fn write_layout(
+    out: impl Write,
+    repo: &str,
+    tag: &str,
+    (config_desc, config_bytes): (Descriptor, Vec<u8>),
+    layers: Vec<(Descriptor, Vec<u8>)>,
+    (os, arch): (&str, &str),
+) -> Result<Built, ImageError> {
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(config_desc.clone())
-        .layers(vec![layer_desc.clone()])
+        .layers(layers.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>())
         .build()?;
     let manifest_bytes = canonical_json(&manifest)?;
     let mut manifest_desc = descriptor(MediaType::ImageManifest, &manifest_bytes)?;
     manifest_desc.set_platform(Some(
         PlatformBuilder::default()
-            .architecture(Arch::from(arch.as_str()))
-            .os(Os::from(os.as_str()))
+            .architecture(Arch::from(arch))
+            .os(Os::from(os))
             .build()?,
     ));
     manifest_desc.set_annotations(Some(HashMap::from([
         ("io.containerd.image.name".to_string(), format!("{repo}:{tag}")),
-        ("org.opencontainers.image.ref.name".to_string(), tag.clone()),
+        ("org.opencontainers.image.ref.name".to_string(), tag.to_string()),
     ])));
 
     let index = ImageIndexBuilder::default()
@@ -278,18 +363,23 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<Built, ImageError> {
     put("oci-layout", &layout_bytes)?;
     put("blobs/", &[])?;
     put("blobs/sha256/", &[])?;
-    for (desc, bytes) in [
-        (&layer_desc, &layer),
-        (&config_desc, &config_bytes),
-        (&manifest_desc, &manifest_bytes),
-    ] {
-        put(&format!("blobs/sha256/{}", desc.digest().digest()), bytes)?;
+    let mut blobs: Vec<(&Descriptor, &Vec<u8>)> = layers.iter().map(|(d, b)| (d, b)).collect();
+    blobs.push((&config_desc, &config_bytes));
+    blobs.push((&manifest_desc, &manifest_bytes));
+    let mut written = Vec::new();
+    for (desc, bytes) in blobs {
+        let digest = desc.digest().digest().to_string();
+        // The same file twice is one blob.
+        if !written.contains(&digest) {
+            put(&format!("blobs/sha256/{digest}"), bytes)?;
+            written.push(digest);
+        }
     }
     put("index.json", &index_bytes)?;
     tarball.into_inner()?.flush()?;
     Ok(Built {
         manifest: manifest_desc,
-        layer_digest: layer_desc.digest().to_string(),
+        layer_digest: layers.first().map(|(d, _)| d.digest().to_string()).unwrap_or_default(),
     })
 }
 
@@ -477,4 +567,86 @@ pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>,
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use std::io::Read;
+
+    fn blobs(tarball: &[u8]) -> HashMap<String, Vec<u8>> {
+        let mut a = tar::Archive::new(tarball);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                (e.path().unwrap().display().to_string(), v)
+            })
+            .collect()
+    }
+
+    fn manifest_of(files: &HashMap<String, Vec<u8>>) -> serde_json::Value {
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let d = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        serde_json::from_slice(&files[&format!("blobs/sha256/{d}")]).unwrap()
+    }
+
+    fn spec(dir: &Path, layout: Layout) -> ImageSpec {
+        let wasm = dir.join("app.wasm");
+        std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
+        ImageSpec {
+            name: "example.com/app:v1".into(),
+            files: vec![ImageFile { source: wasm, destination: "/app.wasm".into() }],
+            layout,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wasm_layers_are_raw_titled_blobs_of_an_ordinary_image() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = Vec::new();
+        build(&spec(d.path(), Layout::WasmLayers), &mut t).unwrap();
+        let files = blobs(&t);
+        let m = manifest_of(&files);
+        let l = &m["layers"][0];
+        assert_eq!(l["mediaType"], crate::layers::WASM_LAYER);
+        assert_eq!(l["annotations"][crate::layers::TITLE], "app.wasm");
+        let digest = l["digest"].as_str().unwrap();
+        assert_eq!(files[&format!("blobs/sha256/{}", &digest[7..])], b"\0asm\x0d\0\x01\0");
+        assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..])]).unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([]), "Wasm layers do not unpack");
+        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
+    }
+
+    #[test]
+    fn artifact_has_the_wasm_config_and_layer_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = Vec::new();
+        build(&spec(d.path(), Layout::Artifact), &mut t).unwrap();
+        let files = blobs(&t);
+        let m = manifest_of(&files);
+        assert_eq!(m["config"]["mediaType"], crate::layers::WASM_CONFIG);
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..])]).unwrap();
+        assert_eq!(config["architecture"], "wasm");
+        assert_eq!(config["os"], "wasip2");
+        assert_eq!(config["layerDigests"][0], m["layers"][0]["digest"]);
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        assert_eq!(index["manifests"][0]["platform"]["os"], "wasip2");
+    }
+
+    #[test]
+    fn only_wasm_can_be_a_wasm_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec(d.path(), Layout::WasmLayers);
+        let txt = d.path().join("notes.txt");
+        std::fs::write(&txt, b"hello").unwrap();
+        s.files.push(ImageFile { source: txt, destination: "/notes.txt".into() });
+        assert!(matches!(build(&s, Vec::new()), Err(ImageError::NotWasmLayer { .. })));
+    }
 }

@@ -170,7 +170,7 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")?;
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
     let exit = Arc::new(ExitSignal::default());
-    let service = TaskService::new(publisher, flags.namespace.clone(), exit.clone());
+    let service = TaskService::new(publisher, flags.namespace.clone(), flags.address.clone(), exit.clone());
     let task: Arc<dyn Task + Send + Sync> = Arc::new(service);
     let mut services = create_task(task.clone());
     for (name, svc) in create_task(task) {

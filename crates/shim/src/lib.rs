@@ -8,6 +8,7 @@
 
 mod bootstrap;
 mod container;
+mod content;
 mod error;
 mod events;
 mod logging;

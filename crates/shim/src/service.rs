@@ -16,6 +16,7 @@ use wasmcell_engine::{Engine, Exit, GuestConfig, GuestStats, Program, SocketScop
 use wasmcell_grants::{Grants, Network, Role};
 
 use crate::container::{private_dir, Container, State, Workload};
+use wasmcell_oci::EntrypointError;
 use crate::events::Events;
 use crate::sys::netns::{self, Joined};
 use crate::{rootfs, stdio, ShimError};
@@ -31,6 +32,10 @@ struct Inner {
     events: Events,
     exit: Arc<ExitSignal>,
     pid: u32,
+    /// containerd's gRPC address and this shim's namespace: where images'
+    /// Wasm layers are read from.
+    grpc_address: String,
+    namespace: String,
     /// The cgroup this shim joined, and the container it belongs to.
     cgroup: Mutex<Option<(String, crate::sys::cgroup::Joined)>>,
 }
@@ -139,12 +144,14 @@ fn socket_scope(network: &Network, joined: &Joined) -> SocketScope {
 }
 
 impl TaskService {
-    pub(crate) fn new(publisher: RemotePublisher, namespace: String, exit: Arc<ExitSignal>) -> Self {
+    pub(crate) fn new(publisher: RemotePublisher, namespace: String, grpc_address: String, exit: Arc<ExitSignal>) -> Self {
         TaskService {
             inner: Arc::new(Inner {
                 containers: Mutex::new(HashMap::new()),
                 engine: OnceLock::new(),
-                events: Events::new(publisher, namespace),
+                events: Events::new(publisher, namespace.clone()),
+                grpc_address,
+                namespace,
                 exit,
                 pid: std::process::id(),
                 cgroup: Mutex::new(None),
@@ -223,6 +230,33 @@ impl TaskService {
         })
     }
 
+    /// The Wasm layer of container `id`'s image, from containerd's content
+    /// store; `missing` (the rootfs lookup's error) when the image has none.
+    async fn wasm_from_layers(
+        &self,
+        id: &str,
+        entrypoint: &str,
+        missing: EntrypointError,
+    ) -> Result<(Vec<u8>, wasmcell_oci::WasmKind), ShimError> {
+        let found = match crate::content::Client::connect(&self.inner.grpc_address, &self.inner.namespace).await {
+            Ok(client) => client.wasm_layer(id, entrypoint).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(Some((bytes, digest))) => {
+                log::info!("create id={id}: running Wasm layer {digest}");
+                let kind = wasmcell_oci::classify(&bytes)
+                    .map_err(|reason| EntrypointError::NotWasm { path: format!("layer {digest}"), reason })?;
+                Ok((bytes, kind))
+            }
+            Ok(None) => Err(missing.into()),
+            Err(why) => {
+                log::warn!("create id={id}: image layers: {why}");
+                Err(ShimError::InvalidArgument(format!("{missing}; reading the image's Wasm layers failed: {why}")))
+            }
+        }
+    }
+
     /// Reads, classifies, compiles (or loads from the cache) and links the
     /// container's Wasm, resolves its grants, and binds its HTTP socket.
     async fn prepare_wasm(
@@ -236,7 +270,14 @@ impl TaskService {
         let read = tokio::task::spawn_blocking(move || wasmcell_oci::read_entrypoint(&rootfs, &entry))
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))?;
-        let (bytes, kind) = read.map_err(|e| not_wasm_hint(e, &grants.role))?;
+        let (bytes, kind) = match read {
+            Ok(found) => found,
+            // Not in the rootfs: the image may carry its Wasm as layers.
+            Err(e @ (EntrypointError::NotFound(_) | EntrypointError::Rootfs { .. })) => {
+                self.wasm_from_layers(&req.id, &grants.program.entrypoint, e).await?
+            }
+            Err(e) => return Err(not_wasm_hint(e, &grants.role)),
+        };
         let engine = self.engine_with(req.options.as_ref())?;
         let program = tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind))
             .await
