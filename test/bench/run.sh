@@ -73,6 +73,32 @@ for id in idle-runc idle-wasm; do CTR task kill -s SIGKILL $id >/dev/null 2>&1 |
 sleep 0.5
 for id in idle-runc idle-wasm; do CTR task delete $id >/dev/null 2>&1 || true; CTR containers rm $id >/dev/null 2>&1 || true; done
 
+# Density: K idle containers. runc: K shims + K processes. wasmcell: the K
+# containers of one pod (CRI's sandbox-id annotation, set here through ctr)
+# share one shim process, as every pod's containers do under Kubernetes.
+K="${BENCH_DENSITY:-10}"
+for i in $(seq 1 "$K"); do
+  CTR run -d bench/native:latest "dens-runc-$i" /sleep >/dev/null
+  CTR run -d --annotation io.kubernetes.cri.sandbox-id=bench-pod --platform wasi/wasm --runtime $RUNTIME \
+    bench/hello:latest "dens-wasm-$i" /probe.wasm sleep 3600000 >/dev/null
+done
+sleep 2
+dens_files=(); for i in $(seq 1 "$K"); do
+  t=$(CTR task ls | awk -v id="dens-runc-$i" '$1==id{print $2}'); s=$(awk '{print $4}' /proc/$t/stat)
+  dens_files+=("/proc/$t/smaps_rollup" "/proc/$s/smaps_rollup")
+done
+DENS_RUNC=$(pss_kb "${dens_files[@]}")
+wasm_shims=$(for i in $(seq 1 "$K"); do CTR task ls | awk -v id="dens-wasm-$i" '$1==id{print $2}'; done | sort -u)
+dens_files=(); for p in $wasm_shims; do dens_files+=("/proc/$p/smaps_rollup"); done
+DENS_WASM=$(pss_kb "${dens_files[@]}"); DENS_WASM_PROCS=$(echo "$wasm_shims" | wc -l)
+for i in $(seq 1 "$K"); do
+  for id in "dens-runc-$i" "dens-wasm-$i"; do CTR task kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
+done
+sleep 0.5
+for i in $(seq 1 "$K"); do
+  for id in "dens-runc-$i" "dens-wasm-$i"; do CTR task delete "$id" >/dev/null 2>&1 || true; CTR containers rm "$id" >/dev/null 2>&1 || true; done
+done
+
 # HTTP: the hello handler served by the shim (a detached container on the
 # host network) vs the same component served by plain Wasmtime in one
 # process (test/bench/http-baseline), both measured with wrk on 127.0.0.1,
@@ -85,7 +111,9 @@ rps() { wrk -t2 -c32 -d"${HTTP_SECS}s" "http://$1/bench" | awk '/^Requests\/sec:
 "$BIN/wasmcell" image build -t bench/http:latest -o "$work/http.tar" "$ROOT/test/fixtures/wasm/http.wasm" >/dev/null
 CTR images import --all-platforms "$work/http.tar" >/dev/null
 SHIM_ADDR="127.0.0.1:$(free_port)"
-CTR run -d --net-host --env "WASMCELL_HTTP_ADDR=$SHIM_ADDR" --platform wasi/wasm --runtime $RUNTIME bench/http:latest http-bench >/dev/null
+# --null-io: nobody reads a detached container's stdout, and a guest that
+# logs every request would otherwise block on the full pipe.
+CTR run -d --null-io --net-host --env "WASMCELL_HTTP_ADDR=$SHIM_ADDR" --platform wasi/wasm --runtime $RUNTIME bench/http:latest http-bench >/dev/null
 wait_http "$SHIM_ADDR"
 sleep 1
 http_task=$(CTR task ls | awk '$1=="http-bench"{print $2}')
@@ -117,13 +145,14 @@ CTR task delete quota >/dev/null 2>&1 || true; CTR containers rm quota >/dev/nul
 
 python3 - "$work" "$RUNC_PSS" "$WASM_PSS" "$RUNC_PROCS" "$WASM_PROCS" \
   "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" "$QUOTA" "$PERIOD" \
-  "$SHIM_RPS" "$BASE_RPS" "$HTTP_IDLE_PSS" "$HTTP_LOADED_PSS" <<'PY'
+  "$SHIM_RPS" "$BASE_RPS" "$HTTP_IDLE_PSS" "$HTTP_LOADED_PSS" "$K" "$DENS_RUNC" "$DENS_WASM" "$DENS_WASM_PROCS" <<'PY'
 import json, os, sys
 work = sys.argv[1]
 runc_pss, wasm_pss, runc_n, wasm_n = map(int, sys.argv[2:6])
 c0, c1, t0, t1, tick, q, p = map(float, sys.argv[6:13])
 shim_rps, base_rps = float(sys.argv[13] or 0), float(sys.argv[14] or 0)
 http_idle, http_loaded = int(sys.argv[15]), int(sys.argv[16])
+k, dens_runc, dens_wasm, dens_procs = map(int, sys.argv[17:21])
 res = {}
 for f in ["warm.json", "cold-hello.json", "cold-large.json"]:
     path = os.path.join(work, f)
@@ -146,6 +175,11 @@ print("idle container, PSS of all its processes:")
 print(f"  runc, static sleep               {runc_pss/1024:9.1f} MiB  ({runc_n} processes)")
 print(f"  wasmcell, sleeping guest         {wasm_pss/1024:9.1f} MiB  ({wasm_n} process)")
 print(f"  ratio wasmcell/runc              {wasm_pss/runc_pss:9.2f}x")
+print()
+print(f"{k} idle containers (one pod), PSS of all their processes:")
+print(f"  runc, static sleep               {dens_runc/1024:9.1f} MiB  ({2*k} processes)")
+print(f"  wasmcell, sleeping guests        {dens_wasm/1024:9.1f} MiB  ({dens_procs} process)")
+print(f"  ratio wasmcell/runc              {dens_wasm/dens_runc:9.2f}x")
 print()
 print("HTTP hello handler, requests/s (wrk -t2 -c32 on 127.0.0.1):")
 print(f"  plain Wasmtime, in-process       {base_rps:9.0f}")

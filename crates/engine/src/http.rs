@@ -263,6 +263,9 @@ impl Engine {
                     continue;
                 }
             };
+            // A response goes out as head and body chunks: without NODELAY,
+            // Nagle holds the second write for the client's delayed ACK.
+            let _ = conn.set_nodelay(true);
             let server = server.clone();
             let mut stop = stop.clone();
             tasks.spawn(async move {

@@ -64,6 +64,36 @@ impl Program {
     }
 }
 
+/// The pooling instance allocator: an HTTP component gets a fresh instance
+/// per request, and pooling makes that an index allocation plus a reset of
+/// pages already mapped, instead of an mmap/munmap of a multi-GiB
+/// reservation each time (which also costs every thread a TLB shootdown).
+///
+/// One shim serves one container or one pod, so the pool is sized for that;
+/// the reservations are address space only (PROT_NONE), not memory. The
+/// per-instance limits are generous so that large components (CPython built
+/// with componentize-py has tables of tens of thousands of functions) still
+/// instantiate: a container's real bound is its memory limit, enforced by the
+/// store's limiter, not the pool's slot size.
+fn pooling() -> wasmtime::PoolingAllocationConfig {
+    let mut p = wasmtime::PoolingAllocationConfig::default();
+    p.total_component_instances(256)
+        .total_core_instances(1024)
+        .total_memories(256)
+        .total_tables(512)
+        .total_stacks(256)
+        .max_component_instance_size(16 << 20)
+        .max_core_instance_size(16 << 20)
+        .max_memories_per_module(4)
+        .max_tables_per_module(8)
+        // Every table slot reserves `table_elements` pointers of address space.
+        .table_elements(1 << 20)
+        // wasm32's whole range: the container's memory limit, not the slot,
+        // is what bounds a guest.
+        .max_memory_size(4 << 30);
+    p
+}
+
 impl Engine {
     /// An engine without a compile cache.
     pub fn new() -> Result<Self, EngineError> {
@@ -78,7 +108,8 @@ impl Engine {
         config
             .epoch_interruption(true)
             .wasm_component_model(true)
-            .parallel_compilation(true);
+            .parallel_compilation(true)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
         let engine = wasmtime::Engine::new(&config).map_err(EngineError::setup)?;
 
         let mut components = ComponentLinker::new(&engine);
