@@ -120,18 +120,20 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("open", path, e)),
         };
-        let mut data = Vec::new();
-        f.read_to_end(&mut data).map_err(|e| io("read", path, e))?;
-        if data.len() < HEADER || &data[..8] != MAGIC {
+        // Header and payload are read apart, the payload into a buffer of
+        // its final size: a large artifact (tens of MB) is copied once.
+        let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let mut header = [0u8; HEADER];
+        if len < HEADER || f.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
             return Err(format!("{}: not a wasmcell cache entry", path.display()));
         }
-        let payload = &data[HEADER..];
-        if Sha256::digest(payload).as_slice() != &data[8..HEADER] {
+        let mut data = Vec::with_capacity(len - HEADER);
+        f.read_to_end(&mut data).map_err(|e| io("read", path, e))?;
+        if Sha256::digest(&data).as_slice() != &header[8..HEADER] {
             return Err(format!("{}: checksum mismatch (truncated or corrupt)", path.display()));
         }
         // Recently used: eviction goes by modification time.
         let _ = f.set_modified(SystemTime::now());
-        data.drain(..HEADER);
         Ok(Some(data))
     }
 

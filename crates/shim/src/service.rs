@@ -350,6 +350,8 @@ impl TaskService {
             .events
             .create(&req.id, &req.bundle, req.rootfs.clone(), &req.stdin, &req.stdout, &req.stderr, self.inner.pid)
             .await;
+        // Loading the guest freed far more heap than the guest keeps.
+        tokio::task::spawn_blocking(crate::sys::process::trim_heap);
         Ok(api::CreateTaskResponse {
             pid: self.inner.pid,
             ..Default::default()

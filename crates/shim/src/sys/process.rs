@@ -11,3 +11,16 @@ pub fn detach_stdout() {
         log::warn!("dup2 stderr over stdout: {}", std::io::Error::last_os_error());
     }
 }
+
+/// Gives freed heap pages back to the kernel. Compiling or loading a guest
+/// frees much more than a running guest keeps (the compiled artifact is read
+/// whole, then copied into its own mapping); glibc would otherwise keep those
+/// pages in its per-thread arenas for the life of the shim, and they count in
+/// the container's memory.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks glibc's own arenas under their locks;
+    // it takes no pointers from us and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
