@@ -183,6 +183,7 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
     // containerd's `start` waits for our stdout to close: we are up.
     crate::sys::process::detach_stdout();
     log::info!("serving {} for namespace {}", flags.socket, flags.namespace);
+    crate::sys::confine::log_outcome();
 
     tokio::spawn(async {
         use tokio::signal::unix::{signal, SignalKind};

@@ -65,6 +65,8 @@ pub fn main() {
         }
         // The serving daemon: its working directory is the bundle.
         sys::netns::enter_for_bundle(std::path::Path::new("."));
+        // Still the only thread: what it gives up, every later thread lacks.
+        sys::confine::apply();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

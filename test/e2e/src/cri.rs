@@ -2,8 +2,8 @@
 //! bridge network from Debian's `containernetworking-plugins`, and a CRI
 //! gRPC client that makes the calls kubelet makes.
 //!
-//! CRI tests run one at a time (a process-wide lock): they share the bridge
-//! and its subnet. Everything else is private to the test's directory: IPAM
+//! CRI tests run one at a time (a process-wide lock, and a file lock for
+//! other test processes on the host): they share the bridge and its subnet. Everything else is private to the test's directory: IPAM
 //! state, CNI config, logs, and the pods' cgroups (`/<namespace>/...`).
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
-use crate::{fixtures_dir, target_dir, Containerd};
+use crate::{fixtures_dir, target_dir, Containerd, Release, Schema, Version};
 
 /// The runtime handler registered for wasmcell, as a RuntimeClass names it.
 pub const HANDLER: &str = "wasmtime";
@@ -30,10 +30,31 @@ const BRIDGE: &str = "wasmcell0";
 const SUBNET: &str = "10.237.0.0/24";
 
 static CRI_LOCK: Mutex<()> = Mutex::new(());
+/// The same, between test processes (test binaries, or two `cargo test`s).
+const CRI_HOST_LOCK: &str = "/tmp/wasmcell-e2e-cri.lock";
 
-/// The CRI plugin section of the private containerd's config (schema 2,
-/// containerd 1.6 and 1.7).
-fn cri_section(d: &Path) -> String {
+fn host_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(CRI_HOST_LOCK)
+        .unwrap_or_else(|e| panic!("open {CRI_HOST_LOCK}: {e}"));
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("lock {CRI_HOST_LOCK}: {e}"))
+}
+
+/// The CRI tables of the private containerd's config, in `schema`
+/// (see test/scripts/cri-configs.md for why each line is there).
+fn cri_section(d: &Path, schema: Schema) -> String {
+    match schema {
+        Schema::V2 => cri_section_v2(d),
+        Schema::V3 => cri_section_v3(d),
+    }
+}
+
+/// containerd 1.6 and 1.7: one plugin, `io.containerd.grpc.v1.cri`.
+fn cri_section_v2(d: &Path) -> String {
     format!(
         r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
@@ -53,11 +74,39 @@ fn cri_section(d: &Path) -> String {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{d}/cni"
-# Keep what containerd would put in shared host paths private.
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-[plugins."io.containerd.nri.v1.nri"]
-  disable = true
+"#,
+        d = d.display(),
+        bin = cni_bin_dir().display(),
+    )
+}
+
+/// containerd 2.x: images (with the sandbox image, now "pinned") and
+/// runtime settings are plugins of their own; the gRPC plugin keeps only
+/// the streaming server; the CNI binary directory is a list.
+fn cri_section_v3(d: &Path) -> String {
+    format!(
+        r#"[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+[plugins."io.containerd.cri.v1.runtime"]
+  # This VM lacks CAP_SYS_RESOURCE: never raise oom_score_adj.
+  restrict_oom_score_adj = true
+  # Pods' network namespaces below this containerd's state directory, so
+  # a leaked one shows up as a mount left in the test's directory.
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{bin}"]
+    conf_dir = "{d}/cni"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 "#,
         d = d.display(),
         bin = cni_bin_dir().display(),
@@ -102,6 +151,7 @@ pub struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     network: NetworkGuard,
+    _host_lock: nix::fcntl::Flock<std::fs::File>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -127,12 +177,26 @@ impl Cri {
     /// Starts containerd with CRI, waits until CRI reports the runtime and
     /// network ready, and imports the sandbox and fixture images.
     pub fn start() -> Self {
+        Self::launch(&Release::default_release())
+    }
+
+    /// [`Cri::start`] with containerd release series `v`, its CRI tables in
+    /// that release's config schema.
+    pub fn start_version(v: Version) -> Self {
+        Self::launch(&Release::of(v))
+    }
+
+    fn launch(release: &Release) -> Self {
         let lock = CRI_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let host_lock = host_lock();
         let network = NetworkGuard { ip_forward: std::fs::read_to_string(IP_FORWARD).unwrap_or_else(|_| "0".into()) };
-        let cd = Containerd::launch(Some(&|d: &Path| {
-            write_cni_config(d);
-            cri_section(d)
-        }));
+        let cd = Containerd::launch(
+            release,
+            Some(&|d: &Path, schema: Schema| {
+                write_cni_config(d);
+                cri_section(d, schema)
+            }),
+        );
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let socket = cd.socket.clone();
         let channel = rt
@@ -155,6 +219,7 @@ impl Cri {
             rt,
             cd,
             network,
+            _host_lock: host_lock,
             _lock: lock,
         };
         c.import_images();
@@ -392,7 +457,7 @@ impl Cri {
     /// process, no mount (rootfs, shm, or the pods' network namespaces,
     /// which live under the state directory), no cgroup.
     pub fn stop_and_check_clean(self) {
-        let Cri { cd, network, _lock, .. } = self;
+        let Cri { cd, network, _host_lock, _lock, .. } = self;
         // Pod cgroups (`/<namespace>/pod-NAME`) belong to kubelet, which
         // removes them after the pod; the runtime's are the leaves below,
         // and none of those may be left.

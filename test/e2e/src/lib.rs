@@ -1,6 +1,14 @@
 //! Test harness: a private containerd per test, in a temp dir, with the shim
 //! on its PATH, driven through the real `ctr`.
 //!
+//! Which containerd: [`Containerd::start`] and [`cri::Cri::start`] use the
+//! default one (`WASMCELL_CONTAINERD`, `WASMCELL_CONTAINERD_VERSION`, or the
+//! one on PATH: Debian 12's 1.6.20); [`Containerd::start_version`] and
+//! [`cri::Cri::start_version`] name a release series ([`Version`]: 1.6, 1.7,
+//! 2.1), fetched by `test/scripts/containerd-versions.sh` when not cached. Each
+//! daemon gets a config in its own schema (`version = 2` for 1.x, `version = 3`
+//! for 2.x) and is driven by its own release's `ctr`.
+//!
 //! Everything it starts is stopped by PID in `Drop`, also when a test fails:
 //! the containerd daemon, every shim that served it, and any mount left below
 //! its directories. Requirements are checked up front and fail with a message
@@ -10,6 +18,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod cri;
@@ -68,15 +77,188 @@ impl Ran {
     }
 }
 
-/// Which containerd to run (`WASMCELL_CONTAINERD` = path of a containerd
-/// binary, with `ctr` beside it; default: the one on PATH).
-fn containerd_bins() -> (PathBuf, PathBuf) {
-    if let Ok(p) = std::env::var("WASMCELL_CONTAINERD") {
-        let d = PathBuf::from(&p);
-        let ctr = d.parent().unwrap().join("ctr");
-        return (d, ctr);
+/// A containerd release series the suites run against.
+///
+/// 1.6 is the system's containerd (Debian 12's 1.6.20, `/usr/bin`); 1.7 and
+/// 2.1 are Debian trixie's and sid's packages, fetched and cached by
+/// `test/scripts/containerd-versions.sh` (`make containerd-versions`). Each
+/// release is driven by its own `ctr`, which sits next to its `containerd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Version {
+    V1_6,
+    V1_7,
+    V2_1,
+}
+
+impl Version {
+    pub const ALL: [Version; 3] = [Version::V1_6, Version::V1_7, Version::V2_1];
+
+    /// `"1.6"`, `"1.7"`, `"2.1"`: the argument of containerd-versions.sh.
+    pub fn series(self) -> &'static str {
+        match self {
+            Version::V1_6 => "1.6",
+            Version::V1_7 => "1.7",
+            Version::V2_1 => "2.1",
+        }
     }
-    (require_binary("containerd"), require_binary("ctr"))
+
+    pub fn parse(s: &str) -> Option<Version> {
+        Version::ALL.into_iter().find(|v| v.series() == s.trim())
+    }
+
+    fn major(self) -> u32 {
+        match self {
+            Version::V1_6 | Version::V1_7 => 1,
+            Version::V2_1 => 2,
+        }
+    }
+}
+
+/// containerd's config file schema: `version = 2` is what 1.6 and 1.7 read
+/// (2.x migrates it), `version = 3` is 2.x's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schema {
+    V2,
+    V3,
+}
+
+/// One containerd release: its daemon and its own `ctr` (a 2.x ctr cannot
+/// import into 1.6 without `--local`, so every daemon gets its own).
+#[derive(Clone, Debug)]
+pub struct Release {
+    pub containerd: PathBuf,
+    pub ctr: PathBuf,
+    /// What `containerd --version` says, without distribution suffixes:
+    /// `1.6.20`, `1.7.24`, `2.1.9`.
+    pub version: String,
+}
+
+impl Release {
+    /// The containerd the suites use unless a test names a version:
+    /// `WASMCELL_CONTAINERD` (path of a containerd binary, `ctr` beside it),
+    /// else `WASMCELL_CONTAINERD_VERSION` (`1.6`, `1.7` or `2.1`, as
+    /// [`Release::of`]), else `containerd` and `ctr` on PATH.
+    pub fn default_release() -> Release {
+        static DEFAULT: OnceLock<Release> = OnceLock::new();
+        DEFAULT
+            .get_or_init(|| {
+                if let Ok(p) = std::env::var("WASMCELL_CONTAINERD") {
+                    let d = PathBuf::from(&p);
+                    assert!(d.is_file(), "WASMCELL_CONTAINERD={p} is not a file");
+                    let ctr = d.parent().unwrap().join("ctr");
+                    return Release::of_binaries(d, ctr);
+                }
+                if let Ok(s) = std::env::var("WASMCELL_CONTAINERD_VERSION") {
+                    let v = Version::parse(&s).unwrap_or_else(|| {
+                        panic!("WASMCELL_CONTAINERD_VERSION={s}: expected one of 1.6, 1.7, 2.1")
+                    });
+                    return Release::of(v);
+                }
+                Release::of_binaries(require_binary("containerd"), require_binary("ctr"))
+            })
+            .clone()
+    }
+
+    /// The release of series `v`, from `test/scripts/containerd-versions.sh`
+    /// (instant when cached; fetches it otherwise). A release that cannot be
+    /// had fails the test with the script's message: it is never skipped.
+    pub fn of(v: Version) -> Release {
+        static CACHE: Mutex<Vec<(Version, Release)>> = Mutex::new(Vec::new());
+        let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, r)) = cache.iter().find(|(k, _)| *k == v) {
+            return r.clone();
+        }
+        if v == Version::V1_6 {
+            // The system's, from Debian 12's package, not whatever is first on PATH.
+            let containerd = PathBuf::from("/usr/bin/containerd");
+            assert!(
+                containerd.is_file(),
+                "containerd 1.6 is the system's /usr/bin/containerd, which is missing: \
+                 apt-get install containerd (`make deps` does)"
+            );
+            let r = Release::of_binaries(containerd, PathBuf::from("/usr/bin/ctr"));
+            if !r.version.starts_with("1.6.") {
+                eprintln!("note: the system containerd is {}, not a 1.6 release", r.version);
+            }
+            assert_eq!(r.major(), 1, "the system containerd is {}, not 1.x", r.version);
+            cache.push((v, r.clone()));
+            return r;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/containerd-versions.sh");
+        let out = Command::new("bash").arg(&script).arg(v.series()).stdin(Stdio::null()).output();
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run {}: {e}", script.display()),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let containerd = line.split_whitespace().nth(1).map(PathBuf::from);
+        let containerd = match containerd {
+            Some(p) if out.status.success() && p.is_file() => p,
+            _ => panic!(
+                "containerd {s} is not available: `bash test/scripts/containerd-versions.sh {s}` \
+                 exited with {st}, printing {stdout:?}; its messages:\n{err}\n\
+                 Fetch it with `make containerd-versions` (as root, with the Debian mirror reachable).",
+                s = v.series(),
+                st = out.status,
+                err = String::from_utf8_lossy(&out.stderr),
+            ),
+        };
+        let ctr = containerd.parent().unwrap().join("ctr");
+        assert!(
+            ctr.is_file(),
+            "{} has no ctr beside it ({}): delete its cache directory and run `make containerd-versions` again",
+            containerd.display(),
+            ctr.display()
+        );
+        let r = Release::of_binaries(containerd, ctr);
+        // The config schema depends on the major version: refuse a mix-up.
+        assert_eq!(
+            r.major(),
+            v.major(),
+            "containerd-versions.sh {} gave containerd {} ({})",
+            v.series(),
+            r.version,
+            r.containerd.display()
+        );
+        if !r.version.starts_with(&format!("{}.", v.series())) {
+            eprintln!("note: containerd series {} resolved to release {}", v.series(), r.version);
+        }
+        cache.push((v, r.clone()));
+        r
+    }
+
+    fn of_binaries(containerd: PathBuf, ctr: PathBuf) -> Release {
+        // Exactly one argument: with more, containerd starts as a daemon.
+        let out = Command::new(&containerd).arg("--version").stdin(Stdio::null()).output();
+        let text = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            other => panic!("`{} --version` failed: {other:?}", containerd.display()),
+        };
+        // "containerd github.com/containerd/containerd/v2 2.1.9+unknown ..."
+        let raw = text.split_whitespace().nth(2).unwrap_or("");
+        let version: String = raw.trim_start_matches('v').split(['~', '+', '-']).next().unwrap_or("").to_string();
+        assert!(
+            version.split('.').count() >= 2 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+            "cannot read the version of {}: {text:?}",
+            containerd.display()
+        );
+        assert!(ctr.is_file(), "ctr is missing: {}", ctr.display());
+        Release { containerd, ctr, version }
+    }
+
+    fn major(&self) -> u32 {
+        self.version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+    }
+
+    /// The config schema this release reads natively.
+    pub fn schema(&self) -> Schema {
+        if self.major() >= 2 {
+            Schema::V3
+        } else {
+            Schema::V2
+        }
+    }
 }
 
 pub struct Containerd {
@@ -85,7 +267,8 @@ pub struct Containerd {
     /// tests running in parallel never collide.
     pub namespace: String,
     pub socket: PathBuf,
-    ctr: PathBuf,
+    /// The containerd release this daemon is, with its ctr.
+    pub release: Release,
     child: Option<Child>,
     events: Vec<Child>,
 }
@@ -100,14 +283,27 @@ impl Containerd {
     }
 
     pub fn start_bare() -> Self {
-        Self::launch(None)
+        Self::launch(&Release::default_release(), None)
     }
 
-    /// Starts containerd as [`Containerd::start_bare`] does, with `cri`
-    /// (a complete CRI plugin section) instead of the CRI plugin disabled.
-    pub(crate) fn launch(cri: Option<&dyn Fn(&Path) -> String>) -> Self {
+    /// [`Containerd::start`] with containerd release series `v` (and its
+    /// ctr), configured in that release's own config schema.
+    pub fn start_version(v: Version) -> Self {
+        let c = Self::start_bare_version(v);
+        c.import_fixtures();
+        c
+    }
+
+    /// [`Containerd::start_bare`] with containerd release series `v`.
+    pub fn start_bare_version(v: Version) -> Self {
+        Self::launch(&Release::of(v), None)
+    }
+
+    /// Starts `release` as [`Containerd::start_bare`] does, with `cri` (the
+    /// CRI plugin tables, in the given schema) instead of CRI disabled.
+    pub(crate) fn launch(release: &Release, cri: Option<&dyn Fn(&Path, Schema) -> String>) -> Self {
         require_root();
-        let (containerd, ctr) = containerd_bins();
+        let schema = release.schema();
         let shim = target_dir().join("containerd-shim-wasmtime-v1");
         assert!(
             shim.exists(),
@@ -122,13 +318,18 @@ impl Containerd {
         std::os::unix::fs::symlink(&shim, bin.join("containerd-shim-wasmtime-v1")).unwrap();
         let socket = d.join("c.sock");
         let (top, plugins) = match cri {
-            None => (r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#.to_string(), String::new()),
-            Some(section) => (String::new(), section(d)),
+            None => (format!("disabled_plugins = {}", cri_plugins(schema)), String::new()),
+            Some(section) => (String::new(), section(d, schema)),
+        };
+        let version = match schema {
+            Schema::V2 => 2,
+            Schema::V3 => 3,
         };
         // One complete file: in a 1.6 config an imported plugin table would
-        // replace the whole plugin section.
+        // replace the whole plugin section. The opt and NRI tables have the
+        // same names in both schemas (1.6 has no NRI and ignores its table).
         let config = format!(
-            r#"version = 2
+            r#"version = {version}
 root = "{d}/root"
 state = "{d}/state"
 {top}
@@ -137,13 +338,25 @@ state = "{d}/state"
 [debug]
   level = "debug"
 {plugins}
+# Keep what containerd would put in shared host paths private: the opt
+# plugin's /opt/containerd, and 2.x's NRI socket /var/run/nri/nri.sock.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 "#,
             d = d.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-        let child = Command::new(&containerd)
+        // The shim first, then the release's own binaries (its runc shim).
+        let path = format!(
+            "{}:{}:{}",
+            bin.display(),
+            release.containerd.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new(&release.containerd)
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -164,7 +377,7 @@ state = "{d}/state"
             namespace,
             dir,
             socket,
-            ctr,
+            release: release.clone(),
             child: Some(child),
             events: Vec::new(),
         };
@@ -174,7 +387,7 @@ state = "{d}/state"
                 break;
             }
             if Instant::now() > deadline {
-                panic!("containerd did not come up; its log:\n{}", c.log());
+                panic!("containerd {} did not come up; its log:\n{}", c.release.version, c.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -185,6 +398,22 @@ state = "{d}/state"
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// Lines of containerd's log at level warning or worse that mention
+    /// any of `needles` (case-insensitive).
+    pub fn log_problems(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| {
+                ["level=warning", "level=error", "level=fatal", "level=panic"].iter().any(|x| l.contains(x))
+            })
+            .filter(|l| {
+                let low = l.to_lowercase();
+                needles.iter().any(|n| low.contains(&n.to_lowercase()))
+            })
+            .map(String::from)
+            .collect()
+    }
+
     fn ctr_cmd(&self, args: &[&str]) -> Command {
         self.ctr_cmd_ns(&self.namespace, args)
     }
@@ -193,7 +422,7 @@ state = "{d}/state"
         // Every ctr call is bounded, so a hung shim fails the test instead of CI.
         let mut cmd = Command::new("timeout");
         cmd.args(["-k", "5", "120"])
-            .arg(&self.ctr)
+            .arg(&self.release.ctr)
             .arg("-a")
             .arg(&self.socket)
             .arg("-n")
@@ -279,7 +508,7 @@ state = "{d}/state"
     /// Starts `ctr events`; read what it printed with [`Containerd::events`].
     pub fn watch_events(&mut self) {
         let out = std::fs::File::create(self.dir.path().join("events.log")).unwrap();
-        let child = Command::new(&self.ctr)
+        let child = Command::new(&self.release.ctr)
             .arg("-a")
             .arg(&self.socket)
             .arg("-n")
@@ -420,6 +649,19 @@ impl Drop for Containerd {
                 }
                 let _ = std::fs::remove_dir(&ns);
             }
+        }
+    }
+}
+
+/// `disabled_plugins` for a daemon without CRI. In 2.x, CRI is three plugins
+/// (images, runtime, and the gRPC service), and the pod sandbox controller
+/// and its gRPC service need the first two: without them they would fail to
+/// load with warnings.
+fn cri_plugins(schema: Schema) -> &'static str {
+    match schema {
+        Schema::V2 => r#"["io.containerd.grpc.v1.cri"]"#,
+        Schema::V3 => {
+            r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.grpc.v1.sandbox-controllers"]"#
         }
     }
 }

@@ -2,5 +2,6 @@
 //! block with its SAFETY argument. The rest of the crate calls safe wrappers.
 
 pub mod cgroup;
+pub mod confine;
 pub mod netns;
 pub mod process;
