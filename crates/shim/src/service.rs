@@ -369,7 +369,15 @@ impl TaskService {
             return;
         }
         let path = path.display().to_string();
-        let limits = grants.limits.clone();
+        // A pod's shim joins the sandbox's cgroup and serves every container
+        // of the pod from it. The sandbox's own limits are a pause
+        // process's (kubelet gives it cpu.shares 2): applied here they would
+        // starve the whole pod. The pod-level parent cgroup kubelet made,
+        // with the sum of the pod's requests and limits, is the bound.
+        let limits = match grants.role {
+            Role::Sandbox { .. } => wasmcell_grants::Limits::default(),
+            _ => grants.limits.clone(),
+        };
         match tokio::task::spawn_blocking(move || crate::sys::cgroup::join(&path, &limits)).await {
             Ok(Ok(joined)) => {
                 log::info!("create id={id}: joined cgroup {}", joined.path);

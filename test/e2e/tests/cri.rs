@@ -36,6 +36,21 @@ fn wasm_pod_lifecycle_like_kubelet() {
     assert!(ip.starts_with("10.237.0."), "pod IP from the CNI bridge: {ps:?}");
     let shims = c.shim_pids();
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    // The shim joined the sandbox's cgroup without the pause-sized limits
+    // kubelet gives a sandbox (cpu.shares 2), which would starve the pod.
+    let v1 = format!("/sys/fs/cgroup/cpu/{}/pod-web/{pod}", c.cd.namespace);
+    let v2 = format!("/sys/fs/cgroup/{}/pod-web/{pod}", c.cd.namespace);
+    let (cg, weight_file, pause_value) = if std::path::Path::new(&v1).exists() {
+        (v1, "cpu.shares", "2")
+    } else if std::path::Path::new(&v2).join("cgroup.procs").exists() {
+        (v2, "cpu.weight", "1")
+    } else {
+        panic!("the sandbox's cgroup was not created at {v1} or {v2}")
+    };
+    let procs = std::fs::read_to_string(format!("{cg}/cgroup.procs")).unwrap_or_default();
+    assert!(procs.lines().any(|p| p.trim() == shims[0].to_string()), "shim in the sandbox cgroup: {procs}");
+    let weight = std::fs::read_to_string(format!("{cg}/{weight_file}")).unwrap_or_default();
+    assert_ne!(weight.trim(), pause_value, "the pod's shim must not run with the pause container's CPU weight");
 
     // A command container: logs with stream tags, exit code, reason.
     let hello = c
