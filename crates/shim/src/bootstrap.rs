@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim::asynchronous::{spawn, ExitSignal};
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, Flags, StartOpts};
 use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -168,9 +167,9 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
         return Ok(());
     };
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")?;
-    let publisher = RemotePublisher::new(&ttrpc_address).await?;
+
     let exit = Arc::new(ExitSignal::default());
-    let service = TaskService::new(publisher, flags.namespace.clone(), flags.address.clone(), exit.clone());
+    let service = TaskService::new(ttrpc_address, flags.namespace.clone(), flags.address.clone(), exit.clone());
     let task: Arc<dyn Task + Send + Sync> = Arc::new(service);
     let mut services = create_task(task.clone());
     for (name, svc) in create_task(task) {

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Task, TtrpcContext, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::api::Status;
@@ -144,12 +143,12 @@ fn socket_scope(network: &Network, joined: &Joined) -> SocketScope {
 }
 
 impl TaskService {
-    pub(crate) fn new(publisher: RemotePublisher, namespace: String, grpc_address: String, exit: Arc<ExitSignal>) -> Self {
+    pub(crate) fn new(ttrpc_address: String, namespace: String, grpc_address: String, exit: Arc<ExitSignal>) -> Self {
         TaskService {
             inner: Arc::new(Inner {
                 containers: Mutex::new(HashMap::new()),
                 engine: OnceLock::new(),
-                events: Events::new(publisher, namespace.clone()),
+                events: Events::new(ttrpc_address, namespace.clone()),
                 grpc_address,
                 namespace,
                 exit,
@@ -710,6 +709,7 @@ impl Task for TaskService {
         let empty = self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
         if empty {
             log::info!("shutdown: no containers left, exiting");
+            self.inner.events.flush(std::time::Duration::from_secs(2)).await;
             self.inner.exit.signal();
         }
         Ok(api::Empty::new())
