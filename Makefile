@@ -15,7 +15,7 @@ SHIM      := $(RELEASE)/containerd-shim-wasmtime-v1
 CLI       := $(RELEASE)/wasmcell
 TEST_THREADS ?= 2
 
-.PHONY: all build deps test unit e2e demo bench fixtures install uninstall clean
+.PHONY: all build deps containerd-versions test unit e2e demo bench fixtures install uninstall clean
 
 all: build
 
@@ -23,18 +23,27 @@ all: build
 deps:
 	@bash test/scripts/deps.sh
 
+## containerd 1.7 and 2.1 for the version suite (Debian trixie's and sid's
+## packages, unpacked into a cache; instant once cached), next to the system 1.6.
+containerd-versions:
+	@bash test/scripts/containerd-versions.sh all
+
+# The cached containerd 2.x binary (after containerd-versions): the installer
+# suite checks its version 3 sample with it (WASMCELL_CONTAINERD_2).
+CONTAINERD_2 = $$(bash test/scripts/containerd-versions.sh 2.1 | awk '{print $$2}')
+
 build:
 	$(CARGO) build --release --workspace --locked
 
 ## One build profile (release) for binaries and tests alike, so CI builds once.
-test: deps build
-	$(CARGO) test --release --workspace --locked -- --test-threads=$(TEST_THREADS)
+test: deps containerd-versions build
+	WASMCELL_CONTAINERD_2="$(CONTAINERD_2)" $(CARGO) test --release --workspace --locked -- --test-threads=$(TEST_THREADS)
 
 unit: build
 	$(CARGO) test --release --workspace --locked --exclude wasmcell-e2e
 
-e2e: deps build
-	$(CARGO) test --release --locked -p wasmcell-e2e -- --test-threads=$(TEST_THREADS)
+e2e: deps containerd-versions build
+	WASMCELL_CONTAINERD_2="$(CONTAINERD_2)" $(CARGO) test --release --locked -p wasmcell-e2e -- --test-threads=$(TEST_THREADS)
 
 demo: deps build
 	@bash test/scripts/demo.sh
@@ -51,6 +60,22 @@ STRESS_PARALLEL ?= 16
 stress: deps build
 	STRESS_TASKS=$(STRESS_TASKS) STRESS_PARALLEL=$(STRESS_PARALLEL) \
 	  $(CARGO) test --release --locked -p wasmcell-e2e --test stress -- --nocapture
+
+## Fuzz each target for FUZZ_SECONDS (not part of `make test`). Needs a nightly
+## toolchain and cargo-fuzz, installed here when missing; new inputs go to
+## fuzz/corpus/, crashes to fuzz/artifacts/ (see docs/fuzzing.md).
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= spec_grants spec_grants_structured wasm_prepare wasm_smith_prepare entrypoint_path image_layers
+.PHONY: fuzz
+fuzz:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t; seeds=../test/fuzz-corpus/$$t; [ -d $$seeds ] || seeds=; \
+	  $(CARGO) +nightly fuzz run -s none -a $$t corpus/$$t $$seeds -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -jobs=1 -workers=1 || { tail -n 40 fuzz-0.log; exit 1; }; \
+	  tail -n 2 fuzz-0.log; \
+	done
 
 ## Rebuild the committed fixture .wasm files (needs rustup's wasm32-wasip1/p2 targets).
 fixtures:

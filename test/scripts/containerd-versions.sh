@@ -10,6 +10,12 @@
 #   1.7.24 /var/cache/wasmcell/containerd/1.7.24/usr/bin/containerd
 #   2.1.9 /var/cache/wasmcell/containerd/2.1.9/usr/bin/containerd
 #
+# Who runs it: `make containerd-versions` (a prerequisite of `make test` and
+# `make e2e`, so a fresh machine fetches 1.7 and 2.1 before the suites run),
+# and the end-to-end harness (test/e2e/src/lib.rs, `Release::of`), which runs
+# `containerd-versions.sh 1.7|2.1` and uses the printed path; ctr is taken from
+# beside it. 1.6 is used from /usr/bin directly by the harness.
+#
 # Where they come from:
 #   1.6  the system's containerd (Debian bookworm; install with deps.sh)
 #   1.7  Debian trixie's `containerd` package
@@ -134,8 +140,14 @@ EOF
 fetch() {
   local series="$1" suite ver upstream dl deb tmp dest
   suite="$(suite_of "$series")"
-  ver="$(apt_private apt-cache show "containerd/$suite" 2>/dev/null | sed -n 's/^Version: //p' | head -n1)"
-  [ -n "$ver" ] || { log "no containerd package in $suite"; exit 1; }
+  # (apt-cache fails when the suite's lists could not be fetched: say so
+  # below, with what apt-get update said, instead of exiting silently.)
+  ver="$( { apt_private apt-cache show "containerd/$suite" 2>/dev/null || true; } | sed -n 's/^Version: //p' | head -n1)"
+  if [ -z "$ver" ]; then
+    log "no containerd package in $suite from $(mirror); apt-get update said:"
+    cat "$CACHE/.apt/update.log" >&2
+    exit 1
+  fi
   # Debian version -> upstream: drop epoch, ~ds1 and the Debian revision.
   upstream="$(echo "$ver" | sed -E 's/^[0-9]+://; s/[~+].*$//; s/-[^-]*$//')"
   case "$upstream" in

@@ -224,14 +224,39 @@ impl Cri {
         };
         c.import_images();
         let mut last = None;
+        let mut ready = false;
         for _ in 0..300 {
             match c.status() {
-                Ok(s) if s.conditions.iter().all(|c| c.status) && !s.conditions.is_empty() => return c,
+                Ok(s) if s.conditions.iter().all(|c| c.status) && !s.conditions.is_empty() => {
+                    ready = true;
+                    break;
+                }
                 other => last = Some(other),
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("CRI never became ready: {last:?}\ncontainerd log:\n{}", c.cd.log());
+        if !ready {
+            panic!("CRI never became ready: {last:?}\ncontainerd log:\n{}", c.cd.log());
+        }
+        c.wait_images_tagged(&[PAUSE_IMAGE, WASM_IMAGE]);
+        c
+    }
+
+    /// Waits (bounded) until CRI lists every image in `names` by its tag.
+    /// CRI learns about imported images from containerd's events, one per
+    /// reference: 2.x may list an image by its ID before its name arrives
+    /// (`repo_tags: []`), and a lookup by name fails until then.
+    fn wait_images_tagged(&self, names: &[&str]) {
+        let mut last = Vec::new();
+        for _ in 0..200 {
+            last = self.list_images().unwrap_or_default();
+            let tagged = |n: &&str| last.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with(n)));
+            if names.iter().all(|n| tagged(n)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("CRI never listed {names:?} by name: {last:?}");
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {

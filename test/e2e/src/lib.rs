@@ -628,6 +628,14 @@ state = "{d}/state"
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        // WASMCELL_E2E_KEEP_LOGS=DIR keeps every daemon's log (with the
+        // shims' lines in it) as DIR/<release>-<namespace>.log.
+        if let Some(keep) = std::env::var_os("WASMCELL_E2E_KEEP_LOGS") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            let name = format!("{}-{}.log", self.release.version, self.namespace);
+            let _ = std::fs::copy(self.dir.path().join("containerd.log"), keep.join(name));
+        }
         // Shims outlive containerd by design; ours must not outlive the test.
         for pid in self.shim_pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -638,19 +646,28 @@ impl Drop for Containerd {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         // The namespace-level cgroup directories (empty by now, or left by a
-        // failed test whose shims were just killed).
+        // failed test whose shims were just killed), with everything below:
+        // CRI pods nest containers' cgroups in the pod's (`<ns>/pod-X/<id>`).
         if let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hs.flatten() {
-                let ns = h.path().join(&self.namespace);
-                if let Ok(entries) = std::fs::read_dir(&ns) {
-                    for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-                let _ = std::fs::remove_dir(&ns);
+                remove_cgroup_tree(&h.path().join(&self.namespace));
             }
         }
     }
+}
+
+/// Removes an (empty of processes) cgroup and its descendants, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            // Only real directories: cgroup v1's `cpu` and `cpuacct` are
+            // symlinks to `cpu,cpuacct`, visited as that.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// `disabled_plugins` for a daemon without CRI. In 2.x, CRI is three plugins
