@@ -40,15 +40,19 @@ pub(crate) fn program(spec: &Spec) -> Result<Program, GrantError> {
         return Err(GrantError::InvalidEntrypoint(first.clone()));
     }
 
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut all: Vec<(String, String)> = Vec::new();
     for entry in process.env().clone().unwrap_or_default() {
         let (k, v) = entry
             .split_once('=')
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| GrantError::InvalidEnv(entry.clone()))?;
-        env.retain(|(old, _)| old != k);
-        env.push((k.to_string(), v.to_string()));
+        all.push((k.to_string(), v.to_string()));
     }
+    // Later duplicates win, each key at its last position: one pass from
+    // the end with a set (linear, whatever the size of a hostile env).
+    let mut seen = std::collections::HashSet::new();
+    let mut env: Vec<(String, String)> = all.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+    env.reverse();
 
     Ok(Program {
         entrypoint,

@@ -231,7 +231,6 @@ fn short_variables(n: usize) -> (Vec<u8>, usize) {
 /// removed with a linear scan per entry, so this takes ~40 s of CPU at
 /// Create. Un-ignore once `process::program` deduplicates through a map.
 #[test]
-#[ignore = "known bug: env deduplication is quadratic (~40 s for 1 MB of short variables)"]
 fn a_1mb_environment_of_short_variables() {
     let (bytes, n) = short_variables((1 << 20) / 10);
     assert!(bytes.len() >= 1 << 20);

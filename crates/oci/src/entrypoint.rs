@@ -25,6 +25,8 @@ pub enum EntrypointError {
     Escapes(String),
     #[error("entrypoint {0} is a directory, not a .wasm file")]
     IsDir(String),
+    #[error("entrypoint {0} is not a regular file (a FIFO, socket or device), not a .wasm file")]
+    NotAFile(String),
     #[error("entrypoint {path} is {size} bytes, more than the {max}-byte limit")]
     TooLarge { path: String, size: u64, max: u64 },
     #[error("cannot read entrypoint {path}: {source}")]
@@ -52,7 +54,7 @@ pub fn read_entrypoint(
     })?;
     let rel = guest_path.trim_start_matches('/');
     let path = guest_path.to_string();
-    let mut file = root.open(rel).map_err(|e| match e.kind() {
+    let open_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => EntrypointError::NotFound(path.clone()),
         std::io::ErrorKind::PermissionDenied if e.to_string().contains("outside") => {
             EntrypointError::Escapes(path.clone())
@@ -64,7 +66,17 @@ pub fn read_entrypoint(
             path: path.clone(),
             source: e,
         },
-    })?;
+    };
+    // Only a regular file is opened: opening a FIFO (an image layer can
+    // carry one) for reading would block the shim until a writer appears.
+    let kind = root.metadata(rel).map_err(open_err)?;
+    if kind.is_dir() {
+        return Err(EntrypointError::IsDir(path));
+    }
+    if !kind.is_file() {
+        return Err(EntrypointError::NotAFile(path));
+    }
+    let mut file = root.open(rel).map_err(open_err)?;
     let meta = file.metadata().map_err(|source| EntrypointError::Io {
         path: path.clone(),
         source,

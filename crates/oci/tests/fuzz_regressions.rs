@@ -141,7 +141,6 @@ fn an_oversized_entrypoint_is_refused_before_it_is_read() {
 /// reading blocks until a writer appears, which a hostile image never
 /// provides. Create must fail, not hang.
 #[test]
-#[ignore = "known bug: read_entrypoint opens a FIFO without O_NONBLOCK and hangs (see docs/fuzzing.md)"]
 fn a_fifo_entrypoint_does_not_hang() {
     let (_d, root) = rootfs();
     let fifo = root.join("fifo.wasm");

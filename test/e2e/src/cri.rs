@@ -192,7 +192,7 @@ impl Cri {
         let network = NetworkGuard { ip_forward: std::fs::read_to_string(IP_FORWARD).unwrap_or_else(|_| "0".into()) };
         let cd = Containerd::launch(
             release,
-            Some(&|d: &Path, schema: Schema| {
+            Some(&|d: &Path, schema: Schema| -> String {
                 write_cni_config(d);
                 cri_section(d, schema)
             }),
@@ -251,7 +251,7 @@ impl Cri {
         for _ in 0..200 {
             last = self.list_images().unwrap_or_default();
             let tagged = |n: &&str| last.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with(n)));
-            if names.iter().all(|n| tagged(n)) {
+            if names.iter().all(tagged) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -286,7 +286,7 @@ impl Cri {
             other => panic!("building the pause image needs gcc and static libc (apt-get install gcc libc6-dev): {other:?}"),
         }
         let entry = format!("{}:/pause", pause.display());
-        self.build_and_import(PAUSE_IMAGE, &[entry.clone()], &["--platform", "linux/amd64", "--entrypoint", "/pause"]);
+        self.build_and_import(PAUSE_IMAGE, std::slice::from_ref(&entry), &["--platform", "linux/amd64", "--entrypoint", "/pause"]);
         let mut files: Vec<String> = std::fs::read_dir(fixtures_dir())
             .unwrap()
             .flatten()

@@ -261,6 +261,10 @@ impl Release {
     }
 }
 
+/// Writes what CRI needs in the test's directory and returns the CRI
+/// tables of the config, in the given schema.
+pub(crate) type CriTables = dyn Fn(&Path, Schema) -> String;
+
 pub struct Containerd {
     pub dir: tempfile::TempDir,
     /// A containerd namespace of this test's own: cgroups (`/<ns>/<id>`) of
@@ -301,7 +305,7 @@ impl Containerd {
 
     /// Starts `release` as [`Containerd::start_bare`] does, with `cri` (the
     /// CRI plugin tables, in the given schema) instead of CRI disabled.
-    pub(crate) fn launch(release: &Release, cri: Option<&dyn Fn(&Path, Schema) -> String>) -> Self {
+    pub(crate) fn launch(release: &Release, cri: Option<&CriTables>) -> Self {
         require_root();
         let schema = release.schema();
         let shim = target_dir().join("containerd-shim-wasmtime-v1");
