@@ -412,6 +412,18 @@ impl Cri {
         panic!("container {id} never exited: {last:?}");
     }
 
+    /// UpdateContainerResources with a new memory limit (what kubelet sends
+    /// for an in-place resize).
+    pub fn update_memory_limit(&self, id: &str, bytes: i64) -> CriResult<()> {
+        let mut r = self.runtime.clone();
+        self.block_on(r.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: bytes, ..Default::default() }),
+            ..Default::default()
+        }))
+        .map(|_| ())
+    }
+
     pub fn container_stats(&self, id: &str) -> CriResult<cri::ContainerStats> {
         let mut r = self.runtime.clone();
         self.block_on(r.container_stats(cri::ContainerStatsRequest { container_id: id.into() }))
