@@ -227,9 +227,8 @@ fn short_variables(n: usize) -> (Vec<u8>, usize) {
 }
 
 /// 1 MiB of `Knnnnnn=v` entries: about 100,000 variables (a pod spec of that
-/// size still fits etcd). Found while writing these tests: duplicate keys are
-/// removed with a linear scan per entry, so this takes ~40 s of CPU at
-/// Create. Un-ignore once `process::program` deduplicates through a map.
+/// size still fits etcd). Found while writing these tests: duplicate keys
+/// were removed with a linear scan per entry, ~40 s of CPU at Create.
 #[test]
 fn a_1mb_environment_of_short_variables() {
     let (bytes, n) = short_variables((1 << 20) / 10);
