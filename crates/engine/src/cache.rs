@@ -4,10 +4,16 @@
 //!
 //! Trust: Wasmtime deserializes native code without verifying it, so only
 //! files this cache wrote are ever loaded. The directory is created 0700
-//! (root-only on a node), entries are written to a private temp file and
-//! renamed into place (never seen half-written), and each entry carries the
-//! SHA-256 of its payload, checked before loading: a truncated or corrupt
-//! entry is deleted and recompiled, never loaded.
+//! (root-only on a node), entries are written to private temp files and
+//! renamed into place (never seen half-written), and each artifact has a
+//! side file with its length and BLAKE3 hash, checked before loading: a
+//! truncated or corrupt entry is deleted and recompiled, never loaded.
+//!
+//! Cost: the artifact itself is Wasmtime's own file format, so a hit maps it
+//! (`deserialize_file`) instead of copying it into the heap: code pages and
+//! memory images are shared through the page cache by every shim running
+//! that component, and a warm start of a large component costs one hashing
+//! pass over the file, not a read, a copy and a relocation of tens of MB.
 //!
 //! Concurrency: one shim per container means several processes may start
 //! the same component at once; an exclusive `flock` per entry makes the
@@ -16,11 +22,11 @@
 use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
 use wasmcell_oci::WasmKind;
 
 /// Default location on a node.
@@ -28,8 +34,9 @@ pub const DEFAULT_DIR: &str = "/var/lib/wasmcell/cache";
 /// Default bound on the cache's total size.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
 
-const MAGIC: &[u8; 8] = b"WCELLC01";
-const HEADER: usize = 8 + 32;
+/// The side file: magic, artifact length (u64 LE), BLAKE3 of the artifact.
+const MAGIC: &[u8; 8] = b"WCELLS02";
+const SUM_LEN: usize = 8 + 8 + 32;
 
 /// Where and how big.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,9 +110,10 @@ impl Cache {
         &self.config.dir
     }
 
-    /// The entry path for these bytes.
+    /// The artifact path for these bytes; its checksum is the same path
+    /// with the extension `sum`.
     pub fn entry(&self, wasm: &[u8], kind: WasmKind) -> PathBuf {
-        let digest = hex::encode(Sha256::digest(wasm));
+        let digest = blake3::hash(wasm).to_hex();
         let k = match kind {
             WasmKind::Component => "c",
             WasmKind::Module => "m",
@@ -113,48 +121,79 @@ impl Cache {
         self.config.dir.join(format!("{digest}-{}-{k}.cwasm", self.engine_key))
     }
 
-    /// Reads and verifies an entry. `Ok(None)`: absent. `Err`: present but bad.
-    fn read(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    /// Opens and verifies an entry. `Ok(None)`: absent. `Err`: present but
+    /// bad. The returned handle is the very file that was verified.
+    fn read(path: &Path) -> Result<Option<File>, String> {
         let mut f = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("open", path, e)),
         };
-        // Header and payload are read apart, the payload into a buffer of
-        // its final size: a large artifact (tens of MB) is copied once.
-        let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        let mut header = [0u8; HEADER];
-        if len < HEADER || f.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
-            return Err(format!("{}: not a wasmcell cache entry", path.display()));
+        let sum_path = path.with_extension("sum");
+        let mut sum = Vec::with_capacity(SUM_LEN);
+        match File::open(&sum_path).and_then(|s| s.take(SUM_LEN as u64 + 1).read_to_end(&mut sum)) {
+            Ok(SUM_LEN) if &sum[..8] == MAGIC => {}
+            Ok(_) => return Err(format!("{}: not a wasmcell checksum", sum_path.display())),
+            Err(e) => return Err(io("read", &sum_path, e)),
         }
-        let mut data = Vec::with_capacity(len - HEADER);
-        f.read_to_end(&mut data).map_err(|e| io("read", path, e))?;
-        if Sha256::digest(&data).as_slice() != &header[8..HEADER] {
-            return Err(format!("{}: checksum mismatch (truncated or corrupt)", path.display()));
+        let want_len = u64::from_le_bytes(sum[8..16].try_into().expect("8 bytes"));
+        let len = f.metadata().map_err(|e| io("stat", path, e))?.len();
+        if len != want_len {
+            return Err(format!("{}: {len} bytes, {want_len} expected (truncated)", path.display()));
+        }
+        // Hashed through a small buffer: the file's pages stay in the page
+        // cache, shared, rather than being copied into this process.
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io("read", path, e)),
+            }
+        }
+        if hasher.finalize().as_bytes() != &sum[16..SUM_LEN] {
+            return Err(format!("{}: checksum mismatch (corrupt)", path.display()));
         }
         // Recently used: eviction goes by modification time.
         let _ = f.set_modified(SystemTime::now());
-        Ok(Some(data))
+        Ok(Some(f))
     }
 
+    /// Writes the checksum, then the artifact: a complete artifact is only
+    /// ever seen with its checksum next to it. On any failure nothing of the
+    /// entry stays behind.
     fn write(&self, path: &Path, payload: &[u8]) -> Result<(), String> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(MAGIC)?;
-            f.write_all(&Sha256::digest(payload))?;
-            f.write_all(payload)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
+        let sum_path = path.with_extension("sum");
+        let pid = std::process::id();
+        let tmp = path.with_extension(format!("tmp{pid}"));
+        let sum_tmp = path.with_extension(format!("sumtmp{pid}"));
+        let mut sum = Vec::with_capacity(SUM_LEN);
+        sum.extend_from_slice(MAGIC);
+        sum.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        sum.extend_from_slice(blake3::hash(payload).as_bytes());
+        let put = |p: &Path, data: &[u8]| -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p)?;
+            f.write_all(data)?;
+            f.sync_all()
+        };
+        let result = put(&sum_tmp, &sum)
+            .and_then(|()| put(&tmp, payload))
+            .and_then(|()| std::fs::rename(&sum_tmp, &sum_path))
+            .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
+            for p in [&tmp, &sum_tmp, &sum_path] {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(io("write cache entry", path, e));
         }
         Ok(())
     }
 
-    /// The serialized artifact for `wasm`: from the cache, or compiled with
+    /// The compiled artifact for `wasm`: from the cache, or compiled with
     /// `compile` and stored. Errors of the cache itself (full disk, read-only
     /// directory) never fail the caller: it compiles without caching.
     pub fn get_or_compile(
@@ -162,10 +201,10 @@ impl Cache {
         wasm: &[u8],
         kind: WasmKind,
         compile: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> Result<(Vec<u8>, Outcome), String> {
+    ) -> Result<(Artifact, Outcome), String> {
         let path = self.entry(wasm, kind);
-        if let Ok(Some(bytes)) = Self::read(&path) {
-            return Ok((bytes, Outcome::Hit));
+        if let Ok(Some(f)) = Self::read(&path) {
+            return Ok((Artifact::File(f), Outcome::Hit));
         }
         let lock_path = path.with_extension("lock");
         let lock = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&lock_path);
@@ -179,20 +218,28 @@ impl Cache {
         // Someone may have compiled it while we waited for the lock.
         let mut outcome = Outcome::Compiled;
         match Self::read(&path) {
-            Ok(Some(bytes)) => return Ok((bytes, Outcome::Hit)),
+            Ok(Some(f)) => return Ok((Artifact::File(f), Outcome::Hit)),
             Ok(None) => {}
             Err(e) => {
                 log::warn!("compile cache: {e}; discarding the entry");
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(path.with_extension("sum"));
                 outcome = Outcome::Repaired;
             }
         }
         let bytes = compile()?;
         match self.write(&path, &bytes) {
-            Ok(()) => self.evict(&path),
+            Ok(()) => {
+                self.evict(&path);
+                // Loaded from the file just written, so that even the first
+                // start shares its code pages with the next ones.
+                if let Ok(f) = File::open(&path) {
+                    return Ok((Artifact::File(f), outcome));
+                }
+            }
             Err(e) => log::warn!("compile cache: {e}; continuing without caching"),
         }
-        Ok((bytes, outcome))
+        Ok((Artifact::Bytes(bytes), outcome))
     }
 
     /// Removes least-recently-used entries until the cache fits its bound,
@@ -217,6 +264,7 @@ impl Cache {
                 continue;
             }
             if std::fs::remove_file(&path).is_ok() {
+                let _ = std::fs::remove_file(path.with_extension("sum"));
                 let _ = std::fs::remove_file(path.with_extension("lock"));
                 total -= len;
             }
@@ -237,28 +285,79 @@ impl Cache {
     }
 }
 
+/// A compiled artifact, ready to load.
+#[derive(Debug)]
+pub enum Artifact {
+    /// An entry of the cache, verified against its checksum; loaded by
+    /// mapping it.
+    File(File),
+    /// Compiled in memory, because the cache could not store it.
+    Bytes(Vec<u8>),
+}
+
+impl Artifact {
+    /// The artifact's bytes (a copy of the file for [`Artifact::File`]).
+    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Artifact::Bytes(b) => Ok(b.clone()),
+            Artifact::File(f) => {
+                use std::os::unix::fs::FileExt;
+                let mut v = vec![0u8; f.metadata()?.len() as usize];
+                f.read_exact_at(&mut v, 0).map(|()| v)
+            }
+        }
+    }
+}
+
+/// The path that names the open file itself, so that what Wasmtime maps is
+/// the inode that was verified even if the entry is replaced meanwhile.
+fn fd_path(f: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, crate::EngineError> {
+    r.map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e:#}")))
+}
+
+// SAFETY (both loaders): an artifact comes from `Cache::get_or_compile`:
+// either it was just produced by `Engine::precompile_*` of an engine with the
+// same configuration (in memory, or written and reopened by this process), or
+// it is an entry this cache wrote (in a root-only directory, through temp
+// file + rename, never modified in place) whose length and BLAKE3 matched the
+// checksum recorded at write time, read through the same open file that is
+// then mapped. Wasmtime also checks that the artifact was made by a
+// compatible engine before using it.
+
 /// Loads a component artifact returned by [`Cache::get_or_compile`].
 pub(crate) fn load_component(
     engine: &wasmtime::Engine,
-    artifact: &[u8],
+    artifact: &Artifact,
 ) -> Result<wasmtime::component::Component, crate::EngineError> {
-    // SAFETY: `artifact` comes from `Cache::get_or_compile`: either it was
-    // just produced by `Engine::precompile_component` of an engine with the
-    // same configuration, or it was read from an entry this cache wrote (in a
-    // root-only directory, through temp file + rename) and whose SHA-256
-    // matched the one recorded at write time. Wasmtime also checks that the
-    // artifact was made by a compatible engine before using it.
-    unsafe { wasmtime::component::Component::deserialize(engine, artifact) }
-        .map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e:#}")))
+    use wasmtime::component::Component;
+    match artifact {
+        Artifact::Bytes(b) => loaded(unsafe { Component::deserialize(engine, b) }),
+        Artifact::File(f) => match unsafe { Component::deserialize_file(engine, fd_path(f)) } {
+            Ok(c) => Ok(c),
+            // No /proc (an unusual host): the verified bytes, copied.
+            Err(_) if !Path::new("/proc/self/fd").exists() => {
+                let bytes = artifact.to_vec().map_err(|e| crate::EngineError::Compile(e.to_string()))?;
+                loaded(unsafe { Component::deserialize(engine, bytes) })
+            }
+            Err(e) => loaded(Err(e)),
+        },
+    }
 }
 
 /// Loads a module artifact returned by [`Cache::get_or_compile`].
-pub(crate) fn load_module(engine: &wasmtime::Engine, artifact: &[u8]) -> Result<wasmtime::Module, crate::EngineError> {
-    // SAFETY: as for `load_component`: the bytes were produced by
-    // `Engine::precompile_module` here or verified against the checksum this
-    // cache wrote with them.
-    unsafe { wasmtime::Module::deserialize(engine, artifact) }
-        .map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e:#}")))
+pub(crate) fn load_module(engine: &wasmtime::Engine, artifact: &Artifact) -> Result<wasmtime::Module, crate::EngineError> {
+    use wasmtime::Module;
+    match artifact {
+        Artifact::Bytes(b) => loaded(unsafe { Module::deserialize(engine, b) }),
+        Artifact::File(f) => {
+            let f = f.try_clone().map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e}")))?;
+            loaded(unsafe { Module::deserialize_open_file(engine, f) })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -272,41 +371,63 @@ mod tests {
         Cache::open(CacheConfig { dir: dir.join("cache"), max_bytes: max }, &engine).unwrap()
     }
 
+    fn bytes(r: (Artifact, Outcome)) -> (Vec<u8>, Outcome) {
+        (r.0.to_vec().unwrap(), r.1)
+    }
+
     #[test]
     fn miss_then_hit() {
         let d = tempfile::tempdir().unwrap();
         let c = cache(d.path(), 1 << 20);
         assert!(c.is_private());
-        let (a, o) = c.get_or_compile(b"wasm-a", WasmKind::Module, || Ok(b"artifact-a".to_vec())).unwrap();
-        assert_eq!((a.as_slice(), o), (&b"artifact-a"[..], Outcome::Compiled));
+        let r = bytes(c.get_or_compile(b"wasm-a", WasmKind::Module, || Ok(b"artifact-a".to_vec())).unwrap());
+        assert_eq!(r, (b"artifact-a".to_vec(), Outcome::Compiled));
         let (a, o) = c.get_or_compile(b"wasm-a", WasmKind::Module, || panic!("must not compile")).unwrap();
-        assert_eq!((a.as_slice(), o), (&b"artifact-a"[..], Outcome::Hit));
+        assert!(matches!(a, Artifact::File(_)), "a hit is the cache file itself, to be mapped");
+        assert_eq!(bytes((a, o)), (b"artifact-a".to_vec(), Outcome::Hit));
         // Same bytes as a component are another entry.
         let (_, o) = c.get_or_compile(b"wasm-a", WasmKind::Component, || Ok(b"c".to_vec())).unwrap();
         assert_eq!(o, Outcome::Compiled);
+        // The artifact is stored as is (mappable), its checksum beside it.
+        let path = c.entry(b"wasm-a", WasmKind::Module);
+        assert_eq!(std::fs::read(&path).unwrap(), b"artifact-a");
+        assert_eq!(std::fs::metadata(path.with_extension("sum")).unwrap().len(), SUM_LEN as u64);
     }
 
     #[test]
     fn corrupt_or_truncated_entries_are_recompiled_not_loaded() {
         let d = tempfile::tempdir().unwrap();
         let c = cache(d.path(), 1 << 20);
-        c.get_or_compile(b"w", WasmKind::Module, || Ok(vec![7u8; 1000])).unwrap();
+        let fresh = || Ok(vec![7u8; 1000]);
+        c.get_or_compile(b"w", WasmKind::Module, fresh).unwrap();
         let path = c.entry(b"w", WasmKind::Module);
-        // Flip a payload byte.
+        let sum = path.with_extension("sum");
+        let expect_repaired = |what: &str| {
+            let r = bytes(c.get_or_compile(b"w", WasmKind::Module, fresh).unwrap());
+            assert_eq!(r, (vec![7u8; 1000], Outcome::Repaired), "{what}");
+        };
+        // Flip an artifact byte.
         let mut data = std::fs::read(&path).unwrap();
-        data[HEADER + 10] ^= 0xff;
+        data[10] ^= 0xff;
         std::fs::write(&path, &data).unwrap();
-        let (a, o) = c.get_or_compile(b"w", WasmKind::Module, || Ok(vec![7u8; 1000])).unwrap();
-        assert_eq!((a.len(), o), (1000, Outcome::Repaired));
+        expect_repaired("flipped byte");
         // Truncate it.
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(HEADER as u64 + 3).unwrap();
-        let (_, o) = c.get_or_compile(b"w", WasmKind::Module, || Ok(vec![7u8; 1000])).unwrap();
-        assert_eq!(o, Outcome::Repaired);
-        // Garbage with no header.
-        std::fs::write(&path, b"not ours").unwrap();
-        let (_, o) = c.get_or_compile(b"w", WasmKind::Module, || Ok(vec![7u8; 1000])).unwrap();
-        assert_eq!(o, Outcome::Repaired);
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(3).unwrap();
+        expect_repaired("truncated artifact");
+        // Grown by a byte (same prefix).
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[7]).unwrap();
+        expect_repaired("grown artifact");
+        // Checksum missing, truncated, or not ours.
+        std::fs::remove_file(&sum).unwrap();
+        expect_repaired("missing checksum");
+        OpenOptions::new().write(true).open(&sum).unwrap().set_len(20).unwrap();
+        expect_repaired("truncated checksum");
+        std::fs::write(&sum, vec![0u8; SUM_LEN]).unwrap();
+        expect_repaired("foreign checksum");
+        // Another valid-looking artifact under this entry's name.
+        std::fs::write(&path, vec![8u8; 1000]).unwrap();
+        expect_repaired("swapped artifact");
         let (_, o) = c.get_or_compile(b"w", WasmKind::Module, || panic!("valid now")).unwrap();
         assert_eq!(o, Outcome::Hit);
     }
@@ -350,7 +471,7 @@ mod tests {
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap(), b"artifact");
+            assert_eq!(t.join().unwrap().to_vec().unwrap(), b"artifact");
         }
         assert_eq!(compiles.load(Ordering::SeqCst), 1);
     }
@@ -364,6 +485,11 @@ mod tests {
         std::fs::set_permissions(c.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::create_dir(c.entry(b"x", WasmKind::Module)).unwrap();
         let (a, _) = c.get_or_compile(b"x", WasmKind::Module, || Ok(b"ok".to_vec())).unwrap();
-        assert_eq!(a, b"ok");
+        assert!(matches!(&a, Artifact::Bytes(b) if b == b"ok"), "{a:?}");
+        let left: Vec<_> = std::fs::read_dir(c.dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(
+            left.iter().all(|n| n.to_string_lossy().ends_with(".lock") || n.to_string_lossy().ends_with(".cwasm")),
+            "no checksum or temp file of the failed write stays: {left:?}"
+        );
     }
 }
