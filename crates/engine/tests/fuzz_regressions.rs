@@ -5,27 +5,19 @@
 //! valid limits may prepare (the store's limiter and the pool bound them at
 //! instantiation) but must not panic or take long.
 
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use regressions::corpus;
 use wasmcell_engine::{Engine, EngineError, Program};
 use wasmcell_oci::{classify, WasmKind};
+
+#[path = "../../../fuzz/regressions.rs"]
+mod regressions;
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| Engine::new().expect("engine"))
-}
-
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fuzz-corpus").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
 }
 
 /// Classify, then prepare, within `limit`; `None` if it is not Wasm at all.

@@ -4,22 +4,15 @@
 //! paths inside what the spec lists, without a panic and quickly.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use regressions::{corpus, timed};
 use serde_json::{json, Value};
 use wasmcell_grants::{grants, parse_spec, DirSource, GrantError, Grants, Options};
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fuzz-corpus").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
-}
+#[path = "../../../fuzz/regressions.rs"]
+mod regressions;
 
 /// `/` or `/a/b`: no empty, `.` or `..` component.
 fn clean_abs(p: &str) -> bool {
@@ -90,14 +83,6 @@ fn spec(patch: Value) -> Value {
 
 fn run(patch: Value) -> Result<Grants, GrantError> {
     run_bytes(&serde_json::to_vec(&spec(patch)).unwrap())
-}
-
-/// Runs `f`, failing if it takes longer than `limit` (checked afterwards).
-fn timed<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let out = f();
-    assert!(t.elapsed() < limit, "{what} took {:?} (limit {limit:?})", t.elapsed());
-    out
 }
 
 #[test]

@@ -5,31 +5,17 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oci_spec::image::{ImageIndex, ImageManifest};
+use regressions::{corpus, timed};
 use serde_json::json;
 use wasmcell_oci::classify::NotWasm;
 use wasmcell_oci::layers::{is_wasm_layer, pick_manifest, pick_wasm_layer, LayerError};
 use wasmcell_oci::{classify, component_interfaces, read_entrypoint, EntrypointError, WasmKind};
 
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fuzz-corpus").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
-}
-
-fn timed<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let out = f();
-    assert!(t.elapsed() < limit, "{what} took {:?} (limit {limit:?})", t.elapsed());
-    out
-}
+#[path = "../../../fuzz/regressions.rs"]
+mod regressions;
 
 #[test]
 fn wasm_corpus_classifies_without_panic() {

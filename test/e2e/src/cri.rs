@@ -16,7 +16,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
-use crate::{fixtures_dir, target_dir, Containerd, Release, Schema, Version};
+use crate::{fixtures_dir, target_dir, wait, Containerd, Release, Schema, Version};
 
 /// The runtime handler registered for wasmcell, as a RuntimeClass names it.
 pub const HANDLER: &str = "wasmtime";
@@ -247,16 +247,13 @@ impl Cri {
     /// reference: 2.x may list an image by its ID before its name arrives
     /// (`repo_tags: []`), and a lookup by name fails until then.
     fn wait_images_tagged(&self, names: &[&str]) {
-        let mut last = Vec::new();
-        for _ in 0..200 {
-            last = self.list_images().unwrap_or_default();
-            let tagged = |n: &&str| last.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with(n)));
-            if names.iter().all(tagged) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let all_tagged = |images: &Vec<cri::Image>| {
+            names.iter().all(|n| images.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with(n))))
+        };
+        let last = wait::until(200, || self.list_images().unwrap_or_default(), all_tagged);
+        if !all_tagged(&last) {
+            panic!("CRI never listed {names:?} by name: {last:?}");
         }
-        panic!("CRI never listed {names:?} by name: {last:?}");
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -400,16 +397,12 @@ impl Cri {
 
     /// Waits (bounded by count) until the container has exited.
     pub fn wait_exited(&self, id: &str) -> cri::ContainerStatus {
-        let mut last = None;
-        for _ in 0..600 {
-            let s = self.container_status(id).expect("ContainerStatus");
-            if s.state == cri::ContainerState::ContainerExited as i32 {
-                return s;
-            }
-            last = Some(s);
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = |s: &cri::ContainerStatus| s.state == cri::ContainerState::ContainerExited as i32;
+        let last = wait::until(600, || self.container_status(id).expect("ContainerStatus"), exited);
+        if !exited(&last) {
+            panic!("container {id} never exited: {last:?}");
         }
-        panic!("container {id} never exited: {last:?}");
+        last
     }
 
     /// UpdateContainerResources with a new memory limit (what kubelet sends
@@ -485,9 +478,23 @@ impl Cri {
             .collect()
     }
 
+    /// [`Cri::log_lines`] of container `name`, read again (at most 100
+    /// times, [`wait::STEP`] apart) until a line contains `needle`: the
+    /// container's output reaches its log file asynchronously. Returns the
+    /// lines read last, for the caller to assert on.
+    pub fn wait_log_lines(&self, pod_config: &cri::PodSandboxConfig, name: &str, needle: &str) -> Vec<(String, String)> {
+        wait::until(100, || self.log_lines(pod_config, name), |lines| lines.iter().any(|(_, l)| l.contains(needle)))
+    }
+
     /// Shim processes serving this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         self.cd.shim_pids()
+    }
+
+    /// [`Containerd::wait_shims_gone`]: after the pod's last container and
+    /// the pod are removed, its shim exits; the PIDs still running.
+    pub fn wait_shims_gone(&self) -> Vec<i32> {
+        self.cd.wait_shims_gone()
     }
 
     /// Stops containerd and asserts nothing of any pod is left: no shim

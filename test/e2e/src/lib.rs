@@ -22,6 +22,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod cri;
+pub mod wait;
 
 pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
 pub const FIXTURES_IMAGE: &str = "wasmcell.test/fixtures:latest";
@@ -531,39 +532,72 @@ state = "{d}/state"
     pub fn events(&self, id: &str) -> Vec<(String, serde_json::Value)> {
         let text = std::fs::read_to_string(self.dir.path().join("events.log")).unwrap_or_default();
         text.lines()
-            .filter_map(|l| {
-                let json_at = l.find('{')?;
-                let v: serde_json::Value = serde_json::from_str(&l[json_at..]).ok()?;
-                let topic = l[..json_at].split_whitespace().last()?.to_string();
-                (v.get("container_id").and_then(|c| c.as_str()) == Some(id)).then_some((topic, v))
-            })
+            .filter_map(parse_event)
+            .filter(|(container, _, _)| container == id)
+            .map(|(_, topic, v)| (topic, v))
             .collect()
     }
 
     /// Events for `id` once `last_topic` has been seen (bounded wait: events
     /// reach `ctr events` asynchronously).
     pub fn events_until(&self, id: &str, last_topic: &str) -> Vec<(String, serde_json::Value)> {
-        for _ in 0..200 {
-            let ev = self.events(id);
-            if ev.iter().any(|(t, _)| t == last_topic) {
-                return ev;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        wait::until(200, || self.events(id), |ev| ev.iter().any(|(t, _)| t == last_topic))
+    }
+
+    /// The `/tasks/exit` event of container `id` (waiting for it as
+    /// [`Containerd::events_until`] does); panics, listing the events seen
+    /// for `id`, when there is none. Needs [`Containerd::watch_events`].
+    pub fn exit_event(&self, id: &str) -> serde_json::Value {
+        let events = self.events_until(id, "/tasks/exit");
+        match events.iter().find(|(t, _)| t == "/tasks/exit") {
+            Some((_, e)) => e.clone(),
+            None => panic!("no exit event for {id}: {events:?}"),
         }
-        self.events(id)
     }
 
     /// Waits (bounded by count, not asserted on time) until `ctr task ls`
     /// shows `id` with `status`.
     pub fn wait_status(&self, id: &str, status: &str) {
-        for _ in 0..600 {
-            let ls = self.ctr(&["task", "ls"]);
-            if ls.stdout.lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains(status)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let shows = |ls: &Ran| ls.stdout.lines().any(|l| l.split_whitespace().next() == Some(id) && l.contains(status));
+        let ls = wait::until(600, || self.ctr(&["task", "ls"]), shows);
+        if !shows(&ls) {
+            panic!("task {id} never reached {status}: {ls:?}");
         }
-        panic!("task {id} never reached {status}: {:?}", self.ctr(&["task", "ls"]));
+    }
+
+    /// Kills task `id` with `signal` (asserting that ctr accepted it), waits
+    /// until it is STOPPED, deletes the task and removes the container
+    /// (asserting that the removal succeeded). Returns what `ctr task
+    /// delete` said, unchecked: ctr reports a non-zero exit status there as
+    /// `exit code N`, and a caller that requires the delete to succeed
+    /// calls [`Ran::ok`] on it.
+    pub fn kill_and_delete(&self, id: &str, signal: &str) -> Ran {
+        self.ctr(&["task", "kill", "-s", signal, id]).ok();
+        self.wait_status(id, "STOPPED");
+        let del = self.ctr(&["task", "delete", id]);
+        let rm = self.ctr(&["containers", "rm", id]);
+        assert_eq!(rm.code, Some(0), "ctr containers rm {id} failed: {rm:#?}\nafter ctr task delete {id}: {del:#?}");
+        del
+    }
+
+    /// `cpu.usage_usec` of task `id` from `ctr task metrics` (asserting that
+    /// ctr answered), 0 when the metrics do not show it.
+    pub fn cpu_usage_usec(&self, id: &str) -> u64 {
+        let m = self.ctr(&["task", "metrics", id]);
+        m.ok();
+        m.stdout
+            .lines()
+            .find(|l| l.starts_with("cpu.usage_usec"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (200 tries, [`wait::STEP`] apart) until no shim of this
+    /// containerd runs (shims exit shortly after their last container is
+    /// deleted); returns the PIDs still running, empty on success.
+    pub fn wait_shims_gone(&self) -> Vec<i32> {
+        wait::settle(200, || self.shim_pids())
     }
 
     /// Live (non-zombie) processes whose command line mentions this
@@ -685,6 +719,17 @@ fn cri_plugins(schema: Schema) -> &'static str {
             r#"["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.grpc.v1.sandbox-controllers"]"#
         }
     }
+}
+
+/// One line of `ctr events` output (`TIMESTAMP TOPIC {JSON}`) as
+/// `(container_id, topic, event)`; `None` for a line that is not the event
+/// of a container (no JSON, or no `container_id` in it).
+pub fn parse_event(line: &str) -> Option<(String, String, serde_json::Value)> {
+    let json_at = line.find('{')?;
+    let v: serde_json::Value = serde_json::from_str(&line[json_at..]).ok()?;
+    let topic = line[..json_at].split_whitespace().last()?.to_string();
+    let id = v.get("container_id")?.as_str()?.to_string();
+    Some((id, topic, v))
 }
 
 /// Live processes whose command line contains `needle`.

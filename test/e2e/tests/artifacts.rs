@@ -4,8 +4,6 @@
 //! containerd releases that accept such images (1.7 and 2.1; 1.6.20 refuses
 //! them inside containerd, before any shim is involved).
 
-use std::time::Duration;
-
 use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::{fixtures_dir, Containerd, Version};
 
@@ -53,14 +51,7 @@ fn artifact_through_cri(v: Version) {
     c.start_container(&id).expect("StartContainer of a Wasm artifact");
     let st = c.wait_exited(&id);
     assert_eq!(st.exit_code, 0, "{st:?}");
-    let mut lines = Vec::new();
-    for _ in 0..100 {
-        lines = c.log_lines(&pod_cfg, "app");
-        if lines.iter().any(|(_, l)| l.contains("args:")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lines = c.wait_log_lines(&pod_cfg, "app", "args:");
     assert!(lines.iter().any(|(_, l)| l == "args: /hello.wasm from-artifact"), "{lines:?}");
     c.remove_container(&id).unwrap();
     c.stop_pod(&pod).unwrap();

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::time::Duration;
 
-use wasmcell_e2e::cri::{http_get, Cri};
+use wasmcell_e2e::cri::Cri;
+use wasmcell_e2e::wait::{until, wait_http};
 use wasmcell_e2e::Containerd;
 
 /// CAP_CHOWN (0), CAP_DAC_OVERRIDE (1), CAP_FOWNER (3),
@@ -59,15 +59,6 @@ fn assert_confined(pid: i32) -> Vec<String> {
     lines
 }
 
-fn wait_no_shims(c: &Containerd) {
-    for _ in 0..200 {
-        if c.shim_pids().is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn serving_shim_is_confined_and_still_serves() {
     let c = Containerd::start();
@@ -79,22 +70,7 @@ fn serving_shim_is_confined_and_still_serves() {
     assert_confined(first);
 
     // The confined shim still answers metrics (cgroup and guest counters).
-    let mut cpu = 0u64;
-    for _ in 0..100 {
-        let m = c.ctr(&["task", "metrics", "conf1"]);
-        m.ok();
-        cpu = m
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("cpu.usage_usec"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if cpu > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let cpu = until(100, || c.cpu_usage_usec("conf1"), |cpu| *cpu > 0);
     assert!(cpu > 0, "metrics of a spinning guest from a confined shim");
 
     // A second container: its own shim (plain ctr), confined the same way.
@@ -108,14 +84,11 @@ fn serving_shim_is_confined_and_still_serves() {
     // Kill and delete: the confined shim unmounts the rootfs (CAP_SYS_ADMIN
     // kept), leaves and removes its cgroup, and exits.
     for id in ["conf1", "conf2"] {
-        c.ctr(&["task", "kill", "-s", "SIGKILL", id]).ok();
-        c.wait_status(id, "STOPPED");
-        let del = c.ctr(&["task", "delete", id]);
+        let del = c.kill_and_delete(id, "SIGKILL");
         assert!(del.stderr.contains("137") || del.stdout.contains("137"), "{del:?}");
-        c.ctr(&["containers", "rm", id]).ok();
     }
-    wait_no_shims(&c);
-    assert!(c.shim_pids().is_empty(), "shims still running after delete: {:?}", c.shim_pids());
+    let left = c.wait_shims_gone();
+    assert!(left.is_empty(), "shims still running after delete: {left:?}");
     let problems = c.log_problems(&["confinement", "seccomp", "capabilit"]);
     assert!(problems.is_empty(), "confinement warnings in the shim log: {problems:?}");
     let log = c.log();
@@ -175,16 +148,7 @@ fn confined_pod_shim_creates_later_containers() {
         .create(&pod, &pod_cfg, c.container_config("web80", &["/http.wasm"], &[("WASMCELL_HTTP_ADDR", "0.0.0.0:80")]))
         .expect("CreateContainer web80");
     c.start_container(&web).expect("StartContainer web80");
-    let addr = format!("{ip}:80");
-    let mut got = None;
-    for _ in 0..200 {
-        got = http_get(&addr, "/confined");
-        if got.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (status, body) = got.unwrap_or_else(|| panic!("nothing answered at {addr}"));
+    let (status, body) = wait_http(&format!("{ip}:80"), "/confined");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("path: /confined"), "{body}");
 
@@ -203,12 +167,7 @@ fn confined_pod_shim_creates_later_containers() {
     }
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
-    for _ in 0..200 {
-        if c.shim_pids().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(c.shim_pids().is_empty(), "shim left after the pod was removed: {:?}", c.shim_pids());
+    let left = c.wait_shims_gone();
+    assert!(left.is_empty(), "shim left after the pod was removed: {left:?}");
     c.stop_and_check_clean();
 }

@@ -1,20 +1,9 @@
 //! Kubernetes: pods through containerd's CRI plugin with the `wasmtime`
 //! runtime handler, driven over CRI's gRPC API as kubelet drives it.
 
-use std::time::Duration;
-
 use k8s_cri::v1 as cri;
 use wasmcell_e2e::cri::{http_get, Cri, HANDLER, PAUSE_IMAGE, WASM_IMAGE};
-
-fn wait_http(addr: &str, path: &str) -> (u16, String) {
-    for _ in 0..200 {
-        if let Some(r) = http_get(addr, path) {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing answered at {addr}");
-}
+use wasmcell_e2e::wait::{until, wait_http};
 
 #[test]
 fn wasm_pod_lifecycle_like_kubelet() {
@@ -59,14 +48,7 @@ fn wasm_pod_lifecycle_like_kubelet() {
     c.start_container(&hello).expect("StartContainer hello");
     let st = c.wait_exited(&hello);
     assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"), "{st:?}");
-    let mut lines = Vec::new();
-    for _ in 0..100 {
-        lines = c.log_lines(&pod_cfg, "hello");
-        if lines.iter().any(|(_, l)| l.contains("args:")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lines = c.wait_log_lines(&pod_cfg, "hello", "args:");
     assert!(lines.contains(&("stdout".into(), "hello from wasmcell".into())), "{lines:?}");
     assert!(lines.iter().any(|(s, l)| s == "stdout" && l == "args: /hello.wasm from-cri"), "{lines:?}");
     assert!(lines.iter().any(|(s, l)| s == "stdout" && l == "env: POD=web"), "{lines:?}");
@@ -97,15 +79,14 @@ fn wasm_pod_lifecycle_like_kubelet() {
         .create(&pod, &pod_cfg, c.container_config("busy", &["/probe.wasm", "alloc", "16", "sleep", "600000"], &[]))
         .expect("CreateContainer busy");
     c.start_container(&busy).expect("StartContainer busy");
-    let mut mem = 0;
-    for _ in 0..100 {
-        let s = c.container_stats(&busy).expect("ContainerStats");
-        mem = s.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value);
-        if mem >= 16 << 20 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mem = until(
+        100,
+        || {
+            let s = c.container_stats(&busy).expect("ContainerStats");
+            s.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value)
+        },
+        |mem| *mem >= 16 << 20,
+    );
     assert!(mem >= 16 << 20, "working set of a guest holding 16 MiB: {mem}");
     // UpdateContainerResources reaches the shim's Update: the new cap is live.
     c.update_memory_limit(&busy, 64 << 20).expect("UpdateContainerResources");
@@ -139,13 +120,8 @@ fn wasm_pod_lifecycle_like_kubelet() {
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
     // The shim exits with the pod's last container.
-    for _ in 0..200 {
-        if c.shim_pids().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(c.shim_pids().is_empty(), "shim left after the pod was removed: {:?}", c.shim_pids());
+    let left = c.wait_shims_gone();
+    assert!(left.is_empty(), "shim left after the pod was removed: {left:?}");
     c.stop_and_check_clean();
 }
 

@@ -1,5 +1,6 @@
 //! `ctr run --runtime=io.containerd.wasmtime.v1` against a real containerd.
 
+use wasmcell_e2e::wait::{settle, until};
 use wasmcell_e2e::{Containerd, RUNTIME};
 
 #[test]
@@ -97,23 +98,10 @@ fn detached_lifecycle_sigterm() {
     let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("a pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     // The guest spins: its CPU time shows in metrics.
-    let mut cpu = 0u64;
-    for _ in 0..100 {
-        let m = c.ctr(&["task", "metrics", "spin"]);
-        m.ok();
-        cpu = m.stdout.lines().find(|l| l.starts_with("cpu.usage_usec")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
-        if cpu > 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let cpu = until(100, || c.cpu_usage_usec("spin"), |cpu| *cpu > 0);
     assert!(cpu > 0, "metrics report CPU time of a spinning guest");
     // SIGTERM stops even a guest that never yields.
-    c.ctr(&["task", "kill", "-s", "SIGTERM", "spin"]).ok();
-    c.wait_status("spin", "STOPPED");
-    let del = c.ctr(&["task", "delete", "spin"]);
-    del.ok();
-    c.ctr(&["containers", "rm", "spin"]).ok();
+    c.kill_and_delete("spin", "SIGTERM").ok();
     let events = c.events_until("spin", "/tasks/delete");
     let topics: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"], "{events:?}");
@@ -130,12 +118,8 @@ fn sigkill_is_137() {
     let c = Containerd::start();
     c.run_detached("k", &[], &["/spin.wasm"]).ok();
     c.wait_status("k", "RUNNING");
-    c.ctr(&["task", "kill", "-s", "SIGKILL", "k"]).ok();
-    c.wait_status("k", "STOPPED");
-    let del = c.ctr(&["task", "delete", "k"]);
+    let del = c.kill_and_delete("k", "SIGKILL");
     assert!(del.stderr.contains("137") || del.stdout.contains("137"), "{del:?}");
-    // Killing a stopped task is an error, as with runc.
-    c.ctr(&["containers", "rm", "k"]).ok();
     c.stop_and_check_clean();
 }
 
@@ -148,19 +132,11 @@ fn one_shim_per_container_and_it_exits_after_delete() {
     c.wait_status("b", "RUNNING");
     assert_eq!(c.shim_pids().len(), 2, "one shim process per ctr container");
     for id in ["a", "b"] {
-        c.ctr(&["task", "kill", "-s", "SIGKILL", id]).ok();
-        c.wait_status(id, "STOPPED");
-        c.ctr(&["task", "delete", id]).ok();
-        c.ctr(&["containers", "rm", id]).ok();
+        c.kill_and_delete(id, "SIGKILL").ok();
     }
     // Shutdown after the last delete ends the shim (bounded wait, no timing assertion).
-    for _ in 0..200 {
-        if c.shim_pids().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(c.shim_pids().is_empty(), "shims still running after delete");
+    let left = c.wait_shims_gone();
+    assert!(left.is_empty(), "shims still running after delete: {left:?}");
     c.stop_and_check_clean();
 }
 
@@ -176,16 +152,10 @@ fn killed_shim_is_cleaned_up_by_shim_delete() {
     let shims = c.shim_pids();
     assert_eq!(shims.len(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let events = c.events_until("victim", "/tasks/exit");
-    let exit = events.iter().find(|(t, _)| t == "/tasks/exit").map(|(_, v)| v.clone()).expect("an exit event");
+    let exit = c.exit_event("victim");
     assert_eq!(exit["exit_status"], 137, "{exit}");
-    for _ in 0..200 {
-        if c.mounts().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(c.mounts().is_empty(), "rootfs still mounted after shim delete: {:?}", c.mounts());
+    let mounts = settle(200, || c.mounts());
+    assert!(mounts.is_empty(), "rootfs still mounted after shim delete: {mounts:?}");
     c.ctr(&["task", "delete", "victim"]);
     c.ctr(&["containers", "rm", "victim"]).ok();
     c.run("victim", &[], &["/hello.wasm"]).ok();

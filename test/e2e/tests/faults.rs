@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use wasmcell_e2e::wait::until;
 use wasmcell_e2e::{pids_mentioning, Containerd, Ran};
 
 /// Waits (bounded by count) until `f` holds.
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..600 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !until(600, f, |held| *held) {
+        panic!("{what}: never happened");
     }
-    panic!("{what}: never happened");
 }
 
 /// Fifos below /run/containerd/fifo (shared by every containerd on the host)
@@ -97,19 +94,13 @@ fn reported_exit(r: &Ran) -> Option<i64> {
 }
 
 fn exit_status(c: &Containerd, id: &str) -> i64 {
-    let events = c.events_until(id, "/tasks/exit");
-    let exit = events.iter().find(|(t, _)| t == "/tasks/exit").map(|(_, v)| v.clone());
-    let exit = exit.unwrap_or_else(|| panic!("no exit event for {id}: {events:?}"));
-    exit["exit_status"].as_i64().unwrap_or(0)
+    c.exit_event(id)["exit_status"].as_i64().unwrap_or(0)
 }
 
 /// Kills, waits, deletes and removes `id`; returns the status ctr reported.
 fn kill_and_delete(c: &Containerd, id: &str, signal: &str) -> Option<i64> {
-    c.ctr(&["task", "kill", "-s", signal, id]).ok();
-    c.wait_status(id, "STOPPED");
-    let del = c.ctr(&["task", "delete", id]);
+    let del = c.kill_and_delete(id, signal);
     del.ok();
-    c.ctr(&["containers", "rm", id]).ok();
     reported_exit(&del)
 }
 

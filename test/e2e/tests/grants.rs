@@ -117,10 +117,7 @@ fn memory_bomb_is_oom_killed_and_others_keep_running() {
     assert!(topics.contains(&"/tasks/oom".to_string()), "{topics:?}");
     let ls = c.ctr(&["task", "ls"]);
     assert!(ls.stdout.lines().any(|l| l.starts_with("bystander") && l.contains("RUNNING")), "{ls:?}");
-    c.ctr(&["task", "kill", "-s", "SIGKILL", "bystander"]).ok();
-    c.wait_status("bystander", "STOPPED");
-    c.ctr(&["task", "delete", "bystander"]).ok();
-    c.ctr(&["containers", "rm", "bystander"]).ok();
+    c.kill_and_delete("bystander", "SIGKILL").ok();
     c.stop_and_check_clean();
 }
 
@@ -139,9 +136,6 @@ fn shim_joins_and_removes_the_container_cgroup() {
     let v2 = std::path::Path::new("/sys/fs/cgroup").join(&c.namespace).join("cg/memory.max");
     let limit = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2)).expect("a memory limit file");
     assert_eq!(limit.trim(), (33554432u64 + (64 << 20)).to_string());
-    c.ctr(&["task", "kill", "-s", "SIGKILL", "cg"]).ok();
-    c.wait_status("cg", "STOPPED");
-    c.ctr(&["task", "delete", "cg"]).ok();
-    c.ctr(&["containers", "rm", "cg"]).ok();
+    c.kill_and_delete("cg", "SIGKILL").ok();
     c.stop_and_check_clean();
 }

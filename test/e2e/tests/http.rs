@@ -4,11 +4,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use wasmcell_e2e::wait::{free_port, poll, until};
 use wasmcell_e2e::Containerd;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One HTTP/1.1 request; (status, body). `None` if it cannot connect.
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -31,13 +28,9 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// Waits (bounded) for the server to answer.
 fn wait_up(addr: &str) {
-    for _ in 0..200 {
-        if get(addr, "/").is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if poll(200, || get(addr, "/")).is_none() {
+        panic!("HTTP server at {addr} never answered");
     }
-    panic!("HTTP server at {addr} never answered");
 }
 
 fn start_server(c: &Containerd, id: &str, extra: &[&str], addr: &str, log: &std::path::Path) {
@@ -75,14 +68,11 @@ fn serves_requests_on_the_host_network_and_survives_a_trap() {
     m.ok();
     assert!(m.stdout.contains("pids.current"), "{m:?}");
     // The guest's stdout and the shim's note about the trap reach the log.
-    let mut logged = String::new();
-    for _ in 0..100 {
-        logged = std::fs::read_to_string(&log).unwrap_or_default();
-        if logged.contains("request GET /after-trap") && logged.contains("trapped") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let logged = until(
+        100,
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        |logged| logged.contains("request GET /after-trap") && logged.contains("trapped"),
+    );
     assert!(logged.contains("request GET /hello?x=1"), "{logged}");
     assert!(logged.contains("handler trapped"), "{logged}");
     stop(&c, "web");
@@ -104,13 +94,7 @@ fn private_network_is_not_reachable_from_the_host_but_serves_inside() {
         std::thread::spawn(move || {
             let f = std::fs::File::open(&netns).unwrap();
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            for _ in 0..200 {
-                if let Some(r) = get(&addr, "/inside") {
-                    return Some(r);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            None
+            poll(200, || get(&addr, "/inside"))
         })
         .join()
         .unwrap()
@@ -146,9 +130,8 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     let (status, body) = slow.join().unwrap().expect("the in-flight request completes");
     assert_eq!((status, body.as_str()), (200, "slow done\n"));
     c.wait_status("graceful", "STOPPED");
-    let events = c.events_until("graceful", "/tasks/exit");
-    let exit = events.iter().find(|(t, _)| t == "/tasks/exit").unwrap();
-    assert_eq!(exit.1["exit_status"].as_u64().unwrap_or(0), 0, "{exit:?}");
+    let exit = c.exit_event("graceful");
+    assert_eq!(exit["exit_status"].as_u64().unwrap_or(0), 0, "{exit}");
     // No new connections after the stop.
     assert!(get(&addr, "/").is_none());
     c.ctr(&["task", "delete", "graceful"]);

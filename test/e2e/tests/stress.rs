@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmcell_e2e::{Containerd, Ran, FIXTURES_IMAGE, RUNTIME};
+use wasmcell_e2e::wait::settle;
+use wasmcell_e2e::{parse_event, Containerd, Ran, FIXTURES_IMAGE, RUNTIME};
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
@@ -60,11 +61,15 @@ impl Kind {
     }
 }
 
+/// Events seen so far, by container id: `(topic, event)` in order; and a
+/// condition variable notified at each.
+type Seen = Arc<(Mutex<HashMap<String, Vec<(String, serde_json::Value)>>>, Condvar)>;
+
 /// Events of a namespace, by container id, as `ctr events` prints them,
 /// with a way to wait for one.
 struct Events {
     child: Child,
-    seen: Arc<(Mutex<HashMap<String, Vec<(String, serde_json::Value)>>>, Condvar)>,
+    seen: Seen,
 }
 
 impl Events {
@@ -81,15 +86,12 @@ impl Events {
             .spawn()
             .expect("ctr events");
         let out = child.stdout.take().unwrap();
-        let seen: Arc<(Mutex<HashMap<String, Vec<(String, serde_json::Value)>>>, Condvar)> = Arc::default();
+        let seen: Seen = Arc::default();
         let s = seen.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let Some(at) = line.find('{') else { continue };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[at..]) else { continue };
-                let Some(topic) = line[..at].split_whitespace().last() else { continue };
-                let Some(id) = v.get("container_id").and_then(|c| c.as_str()).map(String::from) else { continue };
-                s.0.lock().unwrap().entry(id).or_default().push((topic.to_string(), v));
+                let Some((id, topic, v)) = parse_event(&line) else { continue };
+                s.0.lock().unwrap().entry(id).or_default().push((topic, v));
                 s.1.notify_all();
             }
         });
@@ -260,33 +262,22 @@ fn cgroups(c: &Containerd) -> Vec<PathBuf> {
     out
 }
 
-/// Waits (bounded by count; shims exit after their last delete, a little
-/// after ctr returns) until `f` yields nothing, and returns what is left.
-fn settle<T>(f: impl Fn() -> Vec<T>) -> Vec<T> {
-    for _ in 0..400 {
-        let left = f();
-        if left.is_empty() {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
 fn assert_nothing_left(c: &Containerd, prefix: &str) {
     let tasks = c.ctr(&["task", "ls", "-q"]);
     assert!(tasks.stdout.trim().is_empty(), "tasks left: {tasks:?}");
     let containers = c.ctr(&["containers", "ls", "-q"]);
     assert!(containers.stdout.trim().is_empty(), "containers left: {containers:?}");
-    let shims = settle(|| c.shim_pids());
+    // Bounded waits: shims exit after their last delete, a little after ctr
+    // returns, and clean up behind them.
+    let shims = settle(400, || c.shim_pids());
     assert!(shims.is_empty(), "shim processes left: {shims:?}");
-    let mounts = settle(|| c.mounts());
+    let mounts = settle(400, || c.mounts());
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    let f = settle(|| fifos(prefix));
+    let f = settle(400, || fifos(prefix));
     assert!(f.is_empty(), "fifos left: {f:?}");
-    let dirs = settle(|| task_dirs(c));
+    let dirs = settle(400, || task_dirs(c));
     assert!(dirs.is_empty(), "task state directories left: {dirs:?}");
-    let cg = settle(|| cgroups(c));
+    let cg = settle(400, || cgroups(c));
     assert!(cg.is_empty(), "cgroups left: {cg:?}");
 }
 

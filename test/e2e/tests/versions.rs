@@ -11,7 +11,8 @@
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use wasmcell_e2e::cri::{http_get, Cri, HANDLER};
+use wasmcell_e2e::cri::{Cri, HANDLER};
+use wasmcell_e2e::wait::{free_port, wait_http};
 use wasmcell_e2e::{Containerd, Release, Version, RUNTIME};
 
 /// What containerd's log must never say at warning level or worse: anything
@@ -23,10 +24,6 @@ const SHIM_NEEDLES: &[&str] = &[
     "runtime features",
     "introspect",
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Steps and their wall time, printed at the end (`--nocapture` shows it).
 struct Clock {
@@ -105,9 +102,7 @@ fn ctr_smoke(v: Version, clock: &mut Clock) {
     c.ctr(&["task", "kill", "-s", "SIGTERM", "spin-term"]).ok();
     for (id, want) in [("spin-kill", 137), ("spin-term", 143)] {
         c.wait_status(id, "STOPPED");
-        let events = c.events_until(id, "/tasks/exit");
-        let exit = events.iter().find(|(t, _)| t == "/tasks/exit").map(|(_, e)| e.clone());
-        let exit = exit.unwrap_or_else(|| panic!("no exit event for {id}: {events:?}"));
+        let exit = c.exit_event(id);
         assert_eq!(exit["exit_status"], want, "{id}: {exit}");
         c.ctr(&["task", "delete", id]);
         c.ctr(&["containers", "rm", id]).ok();
@@ -119,21 +114,10 @@ fn ctr_smoke(v: Version, clock: &mut Clock) {
     let env = format!("WASMCELL_HTTP_ADDR={addr}");
     c.run_detached("web", &["--net-host", "--env", &env], &["/http.wasm"]).ok();
     c.wait_status("web", "RUNNING");
-    let mut got = None;
-    for _ in 0..200 {
-        got = http_get(&addr, "/smoke");
-        if got.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (status, body) = got.unwrap_or_else(|| panic!("nothing answered at {addr}"));
+    let (status, body) = wait_http(&addr, "/smoke");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("hello from wasmcell http") && body.contains("path: /smoke"), "{body}");
-    c.ctr(&["task", "kill", "-s", "SIGKILL", "web"]).ok();
-    c.wait_status("web", "STOPPED");
-    c.ctr(&["task", "delete", "web"]);
-    c.ctr(&["containers", "rm", "web"]).ok();
+    c.kill_and_delete("web", "SIGKILL");
     clock.step("ctr: http");
 
     if v == Version::V2_1 {
@@ -148,13 +132,8 @@ fn ctr_smoke(v: Version, clock: &mut Clock) {
     }
 
     // The shim exits with its last container.
-    for _ in 0..200 {
-        if c.shim_pids().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(c.shim_pids().is_empty(), "shims left after delete: {:?}", c.shim_pids());
+    let left = c.wait_shims_gone();
+    assert!(left.is_empty(), "shims left after delete: {left:?}");
     assert_no_shim_problems(&c, "ctr");
     c.stop_and_check_clean();
     clock.step("ctr: stop");
@@ -179,14 +158,7 @@ fn cri_smoke(v: Version, clock: &mut Clock) {
     c.start_container(&hello).expect("StartContainer");
     let st = c.wait_exited(&hello);
     assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"), "{st:?}");
-    let mut lines = Vec::new();
-    for _ in 0..100 {
-        lines = c.log_lines(&pod_cfg, "hello");
-        if lines.iter().any(|(_, l)| l.contains("args:")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let lines = c.wait_log_lines(&pod_cfg, "hello", "args:");
     if !lines.iter().any(|(_, l)| l.contains("args:")) {
         let path = std::path::Path::new(&pod_cfg.log_directory).join("hello.log");
         let meta = std::fs::metadata(&path);
@@ -205,13 +177,8 @@ fn cri_smoke(v: Version, clock: &mut Clock) {
     c.remove_container(&hello).expect("RemoveContainer");
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
-    for _ in 0..200 {
-        if c.shim_pids().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(c.shim_pids().is_empty(), "shim left after the pod was removed: {:?}", c.shim_pids());
+    let left = c.wait_shims_gone();
+    assert!(left.is_empty(), "shim left after the pod was removed: {left:?}");
     assert_no_shim_problems(&c.cd, "cri");
     clock.step("cri: pod");
     c.stop_and_check_clean();
