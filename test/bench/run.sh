@@ -7,6 +7,9 @@
 #   2. Idle cost: PSS of one idle long-running container, all its processes
 #      summed, runc (static sleep) vs wasmcell (a guest sleeping).
 #   3. CPU quota: a busy-loop guest under --cpu-quota uses its quota.
+#   4. CPU shares: busy loops weighted 2048/1024/1024 contending for the
+#      cores, runc (the kernel weighs sibling cgroups) vs the guests of one
+#      wasmcell pod (the shim weighs its guests).
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 trap cd_stop EXIT
@@ -18,8 +21,9 @@ CACHE="$CD_DIR/cache"
 RUNTIME=io.containerd.wasmtime.v1
 gcc -static -O2 -o "$work/true" "$ROOT/test/bench/true.c"
 gcc -static -O2 -o "$work/sleep" "$ROOT/test/bench/sleep.c"
+gcc -static -O2 -o "$work/spin" "$ROOT/test/bench/spin.c"
 "$BIN/wasmcell" image build -t bench/native:latest --platform linux/amd64 --entrypoint /true \
-  -o "$work/native.tar" "$work/true:/true" "$work/sleep:/sleep" >/dev/null
+  -o "$work/native.tar" "$work/true:/true" "$work/sleep:/sleep" "$work/spin:/spin" >/dev/null
 "$BIN/wasmcell" image build -t bench/hello:latest -o "$work/hello.tar" \
   "$ROOT/test/fixtures/wasm/hello.wasm" "$ROOT/test/fixtures/wasm/probe.wasm" --entrypoint /hello.wasm >/dev/null
 CTR images import "$work/native.tar" >/dev/null
@@ -143,9 +147,38 @@ cpu1=$(awk '{print $14+$15}' /proc/$pid/stat); t1=$(date +%s.%N)
 CTR task kill -s SIGKILL quota >/dev/null; sleep 0.3
 CTR task delete quota >/dev/null 2>&1 || true; CTR containers rm quota >/dev/null
 
+# CPU shares: three busy loops with cpu.shares 2048, 1024 and 1024 contend
+# for this machine's cores; each container's CPU time from `ctr task
+# metrics` (its cgroup for runc, the guest's own accounting for wasmcell).
+SHARES_SECS="${BENCH_SHARES_SECS:-4}"
+# (runc reports its cgroup: v1 cpuacct.usage in ns, or v2 cpu.usage_usec.)
+cpu_usec() { CTR task metrics "$1" | awk '$1=="cpu.usage_usec"{print $2} $1=="cpuacct.usage"{printf "%d\n", $2/1000}'; }
+shares_measure() {  # prefix: prints "heavy light1 light2" in cores
+  local p=$1 u0=() u1=() t0 t1
+  sleep 1
+  for c in heavy light1 light2; do u0+=("$(cpu_usec "$p-$c")"); done; t0=$(date +%s.%N)
+  sleep "$SHARES_SECS"
+  for c in heavy light1 light2; do u1+=("$(cpu_usec "$p-$c")"); done; t1=$(date +%s.%N)
+  for c in heavy light1 light2; do CTR task kill -s SIGKILL "$p-$c" >/dev/null 2>&1 || true; done
+  sleep 0.5
+  for c in heavy light1 light2; do CTR task delete "$p-$c" >/dev/null 2>&1 || true; CTR containers rm "$p-$c" >/dev/null 2>&1 || true; done
+  python3 -c 'import sys; a=sys.argv[1:]; dt=float(a[7])-float(a[6]); print(" ".join(f"{(int(a[3+i])-int(a[i]))/1e6/dt:.3f}" for i in range(3)))' \
+    "${u0[@]}" "${u1[@]}" "$t0" "$t1"
+}
+for c in heavy:2048 light1:1024 light2:1024; do
+  CTR run -d --null-io --cpu-shares "${c#*:}" bench/native:latest "sh-runc-${c%%:*}" /spin >/dev/null
+done
+SHARES_RUNC=$(shares_measure sh-runc)
+for c in heavy:2048 light1:1024 light2:1024; do
+  CTR run -d --null-io --cpu-shares "${c#*:}" --annotation io.kubernetes.cri.sandbox-id=shares-pod \
+    --platform wasi/wasm --runtime $RUNTIME bench/spin:latest "sh-wasm-${c%%:*}" >/dev/null
+done
+SHARES_WASM=$(shares_measure sh-wasm)
+
 python3 - "$work" "$RUNC_PSS" "$WASM_PSS" "$RUNC_PROCS" "$WASM_PROCS" \
   "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" "$QUOTA" "$PERIOD" \
-  "$SHIM_RPS" "$BASE_RPS" "$HTTP_IDLE_PSS" "$HTTP_LOADED_PSS" "$K" "$DENS_RUNC" "$DENS_WASM" "$DENS_WASM_PROCS" <<'PY'
+  "$SHIM_RPS" "$BASE_RPS" "$HTTP_IDLE_PSS" "$HTTP_LOADED_PSS" "$K" "$DENS_RUNC" "$DENS_WASM" "$DENS_WASM_PROCS" \
+  "$SHARES_RUNC" "$SHARES_WASM" "$(nproc)" "$SHARES_SECS" <<'PY'
 import json, os, sys
 work = sys.argv[1]
 runc_pss, wasm_pss, runc_n, wasm_n = map(int, sys.argv[2:6])
@@ -192,4 +225,10 @@ print()
 print(f"CPU quota, busy-loop guest, {q/p:.2f} of a core granted:")
 print(f"  used {used:.3f} of a core over {t1-t0:.1f} s (shim process CPU time)")
 print(f"  ratio used/quota                 {used/(q/p):9.2f}x")
+sr, sw = [list(map(float, a.split())) for a in sys.argv[21:23]]
+print()
+print(f"CPU shares 2048/1024/1024, three busy loops on {sys.argv[23]} cores, cores used over {sys.argv[24]} s:")
+for label, v in [("runc (kernel, sibling cgroups)", sr), ("wasmcell (guests of one pod)", sw)]:
+    print(f"  {label:31s} {v[0]:.2f} {v[1]:.2f} {v[2]:.2f}  heavy/light {2*v[0]/(v[1]+v[2]):.2f}x")
+print(f"  ratio of heavy/light, wasmcell/runc {(sw[0]/(sw[1]+sw[2]))/(sr[0]/(sr[1]+sr[2])):6.2f}x")
 PY

@@ -30,6 +30,12 @@ CTR() { ctr -a "$CD_DIR/c.sock" "$@"; }
 
 cd_stop() {
   [ -n "${CD_PID:-}" ] || return 0
+  # Tasks first, through containerd: a runc container's process outlives its
+  # shim, so killing shims alone would leave it running.
+  local tasks; tasks=$(CTR task ls -q 2>/dev/null || true)
+  for t in $tasks; do CTR task kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+  [ -z "$tasks" ] || sleep 0.5
+  for t in $tasks; do CTR task delete -f "$t" >/dev/null 2>&1 || true; done
   kill "$CD_PID" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$CD_PID" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$CD_PID" 2>/dev/null || true

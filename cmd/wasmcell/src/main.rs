@@ -1,6 +1,7 @@
 //! `wasmcell`: operator tools beside the shim.
 //!
 //! - `wasmcell image build`: package .wasm files into an OCI image tarball.
+//! - `wasmcell compile`: warm a node's compile cache.
 //! - `wasmcell explain`: print the grants a container's spec gives its guest.
 
 use std::collections::HashMap;
@@ -22,8 +23,6 @@ enum Command {
     /// Work with OCI images.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Print what a container's guest would be granted, from a bundle
-    /// directory or a config.json.
     /// Warm the compile cache of a node ahead of time: compile .wasm files,
     /// or every .wasm inside OCI image tarballs, into the cache the shim uses.
     Compile {
@@ -34,6 +33,8 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Print what a container's guest would be granted, from a bundle
+    /// directory or a config.json.
     Explain {
         /// A bundle directory (holding config.json) or a config.json file.
         path: PathBuf,

@@ -7,6 +7,11 @@ pub enum EngineError {
     Setup(String),
     #[error("invalid WebAssembly: {0}")]
     Compile(String),
+    /// Valid Wasm that needs more than the shim gives one instance (tables,
+    /// memories, instance size): a limit of wasmcell, not an error in the
+    /// guest.
+    #[error("the guest needs more than wasmcell's per-instance limits allow: {0}")]
+    TooBig(String),
     #[error("cannot link: {0}")]
     Link(String),
     #[error("{what}")]
@@ -26,9 +31,31 @@ impl EngineError {
         EngineError::Setup(chain(&e))
     }
     pub(crate) fn compile(e: wasmtime::Error) -> Self {
-        EngineError::Compile(chain(&e))
+        let msg = chain(&e);
+        if exceeds_pool(&msg) {
+            EngineError::TooBig(msg)
+        } else {
+            EngineError::Compile(msg)
+        }
     }
     pub(crate) fn link(e: wasmtime::Error) -> Self {
         EngineError::Link(chain(&e))
     }
+}
+
+/// Whether a compile error is the pooling allocator refusing a module that
+/// is valid but larger than its slots (Wasmtime checks this when the module
+/// is created). Matched on the allocator's own wording.
+fn exceeds_pool(msg: &str) -> bool {
+    [
+        "configured maximum",
+        "per-instance limit",
+        "total tables limit",
+        "minimum byte size of",
+        "minimum element size of",
+        "transitively contains",
+        "pooling allocator",
+    ]
+    .iter()
+    .any(|p| msg.contains(p))
 }

@@ -136,7 +136,7 @@ impl Server {
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(deadline_callback(&self.config, self.stats.clone()));
+        store.epoch_deadline_callback(deadline_callback(self.engine.inner.fair.clone(), self.stats.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| format!("{e:#}"))?;
         let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;

@@ -5,11 +5,13 @@
 //! A guest is a Wasmtime store driven as a future on the caller's tokio
 //! runtime. It yields at every epoch tick (10 ms), so dropping its future
 //! (kill) takes effect promptly even in an infinite loop, and a CPU quota can
-//! be enforced by sleeping at those yield points.
+//! be enforced by sleeping at those yield points; so is `cpu.shares`
+//! between the guests of one shim (see `fairshare`).
 
 pub mod cache;
 mod ctx;
 mod error;
+mod fairshare;
 pub mod http;
 mod limiter;
 mod run;
@@ -24,6 +26,7 @@ use wasmcell_oci::WasmKind;
 
 pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope};
 pub use error::EngineError;
+pub use fairshare::DEFAULT_SHARES;
 pub use limiter::GuestStats;
 pub use run::Exit;
 
@@ -43,6 +46,7 @@ struct Inner {
     components: ComponentLinker<P2State>,
     modules: Linker<P1State>,
     ticker: ticker::Ticker,
+    fair: Arc<fairshare::FairShare>,
     cache: Option<cache::Cache>,
 }
 
@@ -133,6 +137,7 @@ impl Engine {
                 components,
                 modules,
                 ticker,
+                fair: Arc::new(fairshare::FairShare::new()),
                 cache,
             }),
         })

@@ -31,6 +31,8 @@ pub struct GuestStats {
     /// CPU quota and period in microseconds, 0 for none. Live as well.
     cpu_quota_us: AtomicU64,
     cpu_period_us: AtomicU64,
+    /// `cpu.shares`, 0 for the default weight. Live as well.
+    cpu_shares: AtomicU64,
 }
 
 impl GuestStats {
@@ -44,6 +46,16 @@ impl GuestStats {
         let (quota, period) = q.map_or((0, 0), |q| (q.quota_us, q.period_us));
         self.cpu_period_us.store(period, Ordering::Relaxed);
         self.cpu_quota_us.store(quota, Ordering::Relaxed);
+    }
+    pub fn set_cpu_shares(&self, shares: Option<u64>) {
+        self.cpu_shares.store(shares.unwrap_or(0), Ordering::Relaxed);
+    }
+    /// The guest's weight against the other guests of its shim.
+    pub fn cpu_shares(&self) -> u64 {
+        match self.cpu_shares.load(Ordering::Relaxed) {
+            0 => crate::fairshare::DEFAULT_SHARES,
+            s => s,
+        }
     }
     pub fn cpu_quota(&self) -> Option<wasmcell_grants::CpuQuota> {
         let quota_us = self.cpu_quota_us.load(Ordering::Relaxed);

@@ -15,6 +15,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::I32Exit;
 
 use crate::ctx::{GuestConfig, GuestIo, P1State, P2State};
+use crate::fairshare::{Budget, FairShare};
 use crate::limiter::{GuestStats, MemoryLimiter};
 use crate::{Engine, EngineError, Program};
 
@@ -84,46 +85,61 @@ fn cpu_used_ns(stats: &GuestStats) -> u64 {
 }
 
 /// Called at every epoch tick while the guest runs: yield to the runtime (so
-/// a kill lands and other guests run), and, under a CPU quota, sleep off any
-/// CPU used beyond it.
+/// a kill lands and other guests run), and sleep off any CPU used beyond the
+/// guest's quota or, when the shim's guests contend for its cores, beyond
+/// its `cpu.shares` (see `fairshare`).
 ///
 /// The quota is a token bucket: since the quota was set, the guest may have
 /// used `elapsed * quota / period` of CPU plus one period's quota of burst.
 /// Overshoot between two ticks is paid back by a longer sleep, so over time
 /// the guest gets exactly its share.
 pub(crate) fn deadline_callback<T>(
-    config: &GuestConfig,
+    fair: Arc<FairShare>,
     stats: Arc<GuestStats>,
 ) -> impl FnMut(wasmtime::StoreContextMut<T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static
 {
-    let _ = config;
     // (quota in force, when it took effect, CPU used then)
     let mut origin: Option<(wasmcell_grants::CpuQuota, Instant, u64)> = None;
+    let mut budget = Budget::default();
     move |_| {
-        let Some(q) = stats.cpu_quota() else {
-            origin = None;
-            return Ok(UpdateDeadline::Yield(1));
-        };
         let now = Instant::now();
         let used = cpu_used_ns(&stats);
-        let (q0, t0, used0) = match origin {
-            Some(o) if o.0 == q => o,
-            _ => {
-                origin = Some((q, now, used));
-                return Ok(UpdateDeadline::Yield(1));
-            }
-        };
-        let share = q0.quota_us as f64 / q0.period_us as f64;
-        let allowed = now.duration_since(t0).as_nanos() as f64 * share + (q0.quota_us * 1000) as f64;
-        let spent = used.saturating_sub(used0) as f64;
-        if spent > allowed {
-            let wait = Duration::from_nanos(((spent - allowed) / share) as u64);
+        let key = Arc::as_ptr(&stats) as usize;
+        let fair_wait = fair.tick(key, stats.cpu_shares(), now, used, &mut budget);
+        let quota_wait = quota_wait(&mut origin, &stats, now, used);
+        if let Some(wait) = quota_wait {
             stats.throttled.fetch_add(1, Ordering::Relaxed);
             stats.throttled_ns.fetch_add(wait.as_nanos() as u64, Ordering::Relaxed);
-            return Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait))));
         }
-        Ok(UpdateDeadline::Yield(1))
+        match quota_wait.max(fair_wait) {
+            Some(wait) => Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait)))),
+            None => Ok(UpdateDeadline::Yield(1)),
+        }
     }
+}
+
+/// How long the guest must wait to be back within its CPU quota, if any.
+fn quota_wait(
+    origin: &mut Option<(wasmcell_grants::CpuQuota, Instant, u64)>,
+    stats: &GuestStats,
+    now: Instant,
+    used: u64,
+) -> Option<Duration> {
+    let Some(q) = stats.cpu_quota() else {
+        *origin = None;
+        return None;
+    };
+    let (q0, t0, used0) = match *origin {
+        Some(o) if o.0 == q => o,
+        _ => {
+            *origin = Some((q, now, used));
+            return None;
+        }
+    };
+    let share = q0.quota_us as f64 / q0.period_us as f64;
+    let allowed = now.duration_since(t0).as_nanos() as f64 * share + (q0.quota_us * 1000) as f64;
+    let spent = used.saturating_sub(used0) as f64;
+    (spent > allowed).then(|| Duration::from_nanos(((spent - allowed) / share) as u64))
 }
 
 impl Engine {
@@ -145,6 +161,9 @@ impl Engine {
         }
         if stats.cpu_quota().is_none() {
             stats.set_cpu_quota(config.limits.cpu);
+        }
+        if stats.cpu_shares() == crate::DEFAULT_SHARES && config.limits.cpu_shares.is_some() {
+            stats.set_cpu_shares(config.limits.cpu_shares);
         }
         // A second handle on stderr, for the shim's own word on a trap.
         let stderr_note: Option<OwnedFd> = io.stderr.as_ref().and_then(|fd| fd.try_clone().ok());
@@ -208,7 +227,7 @@ impl Engine {
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
                 store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(deadline_callback(config, stats));
+                store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
                 let cmd = pre.instantiate_async(&mut store).await?;
                 let out = cmd.wasi_cli_run().call_run(&mut store).await?;
                 Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
@@ -224,7 +243,7 @@ impl Engine {
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
                 store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(deadline_callback(config, stats));
+                store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
                 let instance = pre.instantiate_async(&mut store).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await?;

@@ -163,3 +163,16 @@ fn link_errors_name_the_missing_import() {
     let err = e.prepare(b"\0asm\x01\0\0\0\x01\xff", WasmKind::Module).err().expect("refused");
     assert!(matches!(err, EngineError::Compile(_)), "{err}");
 }
+
+#[test]
+fn over_the_instance_limits_is_not_called_invalid() {
+    // Valid Wasm with more tables than a pooled instance may have (8).
+    let tables = "(table 1 funcref) ".repeat(9);
+    let module = wat::parse_str(format!(r#"(module {tables} (func (export "_start")))"#)).unwrap();
+    wasmparser::Validator::new().validate_all(&module).expect("valid Wasm");
+    let err = Engine::new().unwrap().prepare(&module, WasmKind::Module).err().expect("refused");
+    assert!(matches!(err, EngineError::TooBig(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("per-instance limits") && msg.contains("tables"), "{msg}");
+    assert!(!msg.contains("invalid WebAssembly"), "{msg}");
+}

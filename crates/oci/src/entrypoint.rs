@@ -2,7 +2,7 @@ use std::io::Read;
 use std::path::Path;
 
 use cap_std::ambient_authority;
-use cap_std::fs::Dir;
+use cap_std::fs::{Dir, OpenOptionsExt};
 use thiserror::Error;
 
 use crate::classify::{classify, NotWasm, WasmKind};
@@ -67,8 +67,11 @@ pub fn read_entrypoint(
             source: e,
         },
     };
-    // Only a regular file is opened: opening a FIFO (an image layer can
-    // carry one) for reading would block the shim until a writer appears.
+    // Only a regular file is read. A FIFO (an image layer can carry one)
+    // opened for reading would block the shim until a writer appears, so:
+    // a look before opening (no open at all of what is plainly not a file),
+    // then a non-blocking open and a check of what was actually opened (the
+    // name may have been swapped in between).
     let kind = root.metadata(rel).map_err(open_err)?;
     if kind.is_dir() {
         return Err(EntrypointError::IsDir(path));
@@ -76,13 +79,18 @@ pub fn read_entrypoint(
     if !kind.is_file() {
         return Err(EntrypointError::NotAFile(path));
     }
-    let mut file = root.open(rel).map_err(open_err)?;
+    let mut options = cap_std::fs::OpenOptions::new();
+    options.read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let mut file = root.open_with(rel, &options).map_err(open_err)?;
     let meta = file.metadata().map_err(|source| EntrypointError::Io {
         path: path.clone(),
         source,
     })?;
     if meta.is_dir() {
         return Err(EntrypointError::IsDir(path));
+    }
+    if !meta.is_file() {
+        return Err(EntrypointError::NotAFile(path));
     }
     if meta.len() > MAX_WASM_BYTES {
         return Err(EntrypointError::TooLarge {

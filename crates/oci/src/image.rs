@@ -405,7 +405,8 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn entries(tarball: &[u8]) -> HashMap<String, Vec<u8>> {
+    /// Every file of a tarball, by path.
+    pub(super) fn entries(tarball: &[u8]) -> HashMap<String, Vec<u8>> {
         let mut a = tar::Archive::new(tarball);
         a.entries()
             .unwrap()
@@ -571,21 +572,8 @@ pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>,
 
 #[cfg(test)]
 mod layout_tests {
+    use super::tests::entries as blobs;
     use super::*;
-    use std::io::Read;
-
-    fn blobs(tarball: &[u8]) -> HashMap<String, Vec<u8>> {
-        let mut a = tar::Archive::new(tarball);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let mut v = Vec::new();
-                e.read_to_end(&mut v).unwrap();
-                (e.path().unwrap().display().to_string(), v)
-            })
-            .collect()
-    }
 
     fn manifest_of(files: &HashMap<String, Vec<u8>>) -> serde_json::Value {
         let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();

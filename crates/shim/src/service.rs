@@ -210,6 +210,7 @@ impl TaskService {
         let stats = Arc::new(GuestStats::default());
         stats.set_memory_cap(grants.limits.memory_bytes);
         stats.set_cpu_quota(grants.limits.cpu);
+        stats.set_cpu_shares(grants.limits.cpu_shares);
         Ok(Container {
             id: req.id.clone(),
             bundle,
@@ -603,6 +604,9 @@ impl TaskService {
                 period_us: cpu.period().filter(|p| (1_000..=1_000_000).contains(p)).unwrap_or(100_000),
             });
             c.stats.set_cpu_quota(quota);
+            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+                c.stats.set_cpu_shares(Some(shares));
+            }
         }
         log::info!("update id={}", c.id);
         Ok(())

@@ -12,11 +12,11 @@ pub fn detach_stdout() {
     }
 }
 
-/// Gives freed heap pages back to the kernel. Compiling or loading a guest
-/// frees much more than a running guest keeps (the compiled artifact is read
-/// whole, then copied into its own mapping); glibc would otherwise keep those
-/// pages in its per-thread arenas for the life of the shim, and they count in
-/// the container's memory.
+/// Gives freed heap pages back to the kernel. Compiling or reading a guest
+/// frees much more than a running guest keeps (the Wasm file is read whole,
+/// compiling allocates freely); glibc would otherwise keep those pages in its
+/// per-thread arenas for the life of the shim, and they count in the
+/// container's memory.
 pub fn trim_heap() {
     // SAFETY: malloc_trim only walks glibc's own arenas under their locks;
     // it takes no pointers from us and is safe to call from any thread.
