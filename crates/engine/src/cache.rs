@@ -110,10 +110,10 @@ impl Cache {
         &self.config.dir
     }
 
-    /// The artifact path for these bytes; its checksum is the same path
-    /// with the extension `sum`.
-    pub fn entry(&self, wasm: &[u8], kind: WasmKind) -> PathBuf {
-        let digest = blake3::hash(wasm).to_hex();
+    /// The artifact path for Wasm whose BLAKE3 is `digest` (see [`digest`]);
+    /// its checksum is the same path with the extension `sum`.
+    pub fn entry(&self, digest: &blake3::Hash, kind: WasmKind) -> PathBuf {
+        let digest = digest.to_hex();
         let k = match kind {
             WasmKind::Component => "c",
             WasmKind::Module => "m",
@@ -124,7 +124,7 @@ impl Cache {
     /// Opens and verifies an entry. `Ok(None)`: absent. `Err`: present but
     /// bad. The returned handle is the very file that was verified.
     fn read(path: &Path) -> Result<Option<File>, String> {
-        let mut f = match File::open(path) {
+        let f = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("open", path, e)),
@@ -141,21 +141,8 @@ impl Cache {
         if len != want_len {
             return Err(format!("{}: {len} bytes, {want_len} expected (truncated)", path.display()));
         }
-        // Hashed through a small buffer: the file's pages stay in the page
-        // cache, shared, rather than being copied into this process.
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io("read", path, e)),
-            }
-        }
-        if hasher.finalize().as_bytes() != &sum[16..SUM_LEN] {
+        let hash = digest_file(&f).map_err(|e| io("read", path, e))?;
+        if hash.as_bytes() != &sum[16..SUM_LEN] {
             return Err(format!("{}: checksum mismatch (corrupt)", path.display()));
         }
         // Recently used: eviction goes by modification time.
@@ -196,13 +183,13 @@ impl Cache {
     /// The compiled artifact for `wasm`: from the cache, or compiled with
     /// `compile` and stored. Errors of the cache itself (full disk, read-only
     /// directory) never fail the caller: it compiles without caching.
-    pub fn get_or_compile(
+    pub fn get_or_compile<E>(
         &self,
-        wasm: &[u8],
+        digest: &blake3::Hash,
         kind: WasmKind,
-        compile: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> Result<(Artifact, Outcome), String> {
-        let path = self.entry(wasm, kind);
+        compile: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<(Artifact, Outcome), E> {
+        let path = self.entry(digest, kind);
         if let Ok(Some(f)) = Self::read(&path) {
             return Ok((Artifact::File(f), Outcome::Hit));
         }
@@ -285,6 +272,32 @@ impl Cache {
     }
 }
 
+/// The cache key of Wasm bytes.
+pub fn digest(wasm: &[u8]) -> blake3::Hash {
+    blake3::hash(wasm)
+}
+
+/// The cache key of a Wasm file, or the checksum of an artifact, hashed
+/// from the start of `f` through a small buffer: the file's pages stay in
+/// the page cache, shared, rather than being copied into this process.
+pub fn digest_file(f: &File) -> std::io::Result<blake3::Hash> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        match f.read_at(&mut buf, at) {
+            Ok(0) => return Ok(hasher.finalize()),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A compiled artifact, ready to load.
 #[derive(Debug)]
 pub enum Artifact {
@@ -316,7 +329,9 @@ fn fd_path(f: &File) -> PathBuf {
 }
 
 fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, crate::EngineError> {
-    r.map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e:#}")))
+    // Loading is where the instance pool checks the module's needs: the
+    // same classification as a compile error.
+    r.map_err(crate::EngineError::compile)
 }
 
 // SAFETY (both loaders): an artifact comes from `Cache::get_or_compile`:
@@ -371,6 +386,15 @@ mod tests {
         Cache::open(CacheConfig { dir: dir.join("cache"), max_bytes: max }, &engine).unwrap()
     }
 
+    fn get(
+        c: &Cache,
+        wasm: &[u8],
+        kind: WasmKind,
+        compile: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> Result<(Artifact, Outcome), String> {
+        c.get_or_compile(&digest(wasm), kind, compile)
+    }
+
     fn bytes(r: (Artifact, Outcome)) -> (Vec<u8>, Outcome) {
         (r.0.to_vec().unwrap(), r.1)
     }
@@ -380,16 +404,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = cache(d.path(), 1 << 20);
         assert!(c.is_private());
-        let r = bytes(c.get_or_compile(b"wasm-a", WasmKind::Module, || Ok(b"artifact-a".to_vec())).unwrap());
+        let r = bytes(get(&c, b"wasm-a", WasmKind::Module, || Ok(b"artifact-a".to_vec())).unwrap());
         assert_eq!(r, (b"artifact-a".to_vec(), Outcome::Compiled));
-        let (a, o) = c.get_or_compile(b"wasm-a", WasmKind::Module, || panic!("must not compile")).unwrap();
+        let (a, o) = get(&c, b"wasm-a", WasmKind::Module, || panic!("must not compile")).unwrap();
         assert!(matches!(a, Artifact::File(_)), "a hit is the cache file itself, to be mapped");
         assert_eq!(bytes((a, o)), (b"artifact-a".to_vec(), Outcome::Hit));
         // Same bytes as a component are another entry.
-        let (_, o) = c.get_or_compile(b"wasm-a", WasmKind::Component, || Ok(b"c".to_vec())).unwrap();
+        let (_, o) = get(&c, b"wasm-a", WasmKind::Component, || Ok(b"c".to_vec())).unwrap();
         assert_eq!(o, Outcome::Compiled);
         // The artifact is stored as is (mappable), its checksum beside it.
-        let path = c.entry(b"wasm-a", WasmKind::Module);
+        let path = c.entry(&digest(b"wasm-a"), WasmKind::Module);
         assert_eq!(std::fs::read(&path).unwrap(), b"artifact-a");
         assert_eq!(std::fs::metadata(path.with_extension("sum")).unwrap().len(), SUM_LEN as u64);
     }
@@ -399,11 +423,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = cache(d.path(), 1 << 20);
         let fresh = || Ok(vec![7u8; 1000]);
-        c.get_or_compile(b"w", WasmKind::Module, fresh).unwrap();
-        let path = c.entry(b"w", WasmKind::Module);
+        get(&c, b"w", WasmKind::Module, fresh).unwrap();
+        let path = c.entry(&digest(b"w"), WasmKind::Module);
         let sum = path.with_extension("sum");
         let expect_repaired = |what: &str| {
-            let r = bytes(c.get_or_compile(b"w", WasmKind::Module, fresh).unwrap());
+            let r = bytes(get(&c, b"w", WasmKind::Module, fresh).unwrap());
             assert_eq!(r, (vec![7u8; 1000], Outcome::Repaired), "{what}");
         };
         // Flip an artifact byte.
@@ -428,7 +452,7 @@ mod tests {
         // Another valid-looking artifact under this entry's name.
         std::fs::write(&path, vec![8u8; 1000]).unwrap();
         expect_repaired("swapped artifact");
-        let (_, o) = c.get_or_compile(b"w", WasmKind::Module, || panic!("valid now")).unwrap();
+        let (_, o) = get(&c, b"w", WasmKind::Module, || panic!("valid now")).unwrap();
         assert_eq!(o, Outcome::Hit);
     }
 
@@ -438,16 +462,16 @@ mod tests {
         let c = cache(d.path(), 2500);
         let old = SystemTime::now() - std::time::Duration::from_secs(100);
         for (i, name) in [b"a", b"b"].iter().enumerate() {
-            c.get_or_compile(*name, WasmKind::Module, || Ok(vec![0u8; 1000])).unwrap();
-            let f = File::options().write(true).open(c.entry(*name, WasmKind::Module)).unwrap();
+            get(&c, *name, WasmKind::Module, || Ok(vec![0u8; 1000])).unwrap();
+            let f = File::options().write(true).open(c.entry(&digest(*name), WasmKind::Module)).unwrap();
             f.set_modified(old + std::time::Duration::from_secs(i as u64)).unwrap();
         }
         // "a" is used again: "b" becomes the least recently used.
-        c.get_or_compile(b"a", WasmKind::Module, || panic!("hit")).unwrap();
-        c.get_or_compile(b"c", WasmKind::Module, || Ok(vec![0u8; 1000])).unwrap();
-        assert!(c.entry(b"a", WasmKind::Module).exists());
-        assert!(!c.entry(b"b", WasmKind::Module).exists(), "LRU entry evicted");
-        assert!(c.entry(b"c", WasmKind::Module).exists());
+        get(&c, b"a", WasmKind::Module, || panic!("hit")).unwrap();
+        get(&c, b"c", WasmKind::Module, || Ok(vec![0u8; 1000])).unwrap();
+        assert!(c.entry(&digest(b"a"), WasmKind::Module).exists());
+        assert!(!c.entry(&digest(b"b"), WasmKind::Module).exists(), "LRU entry evicted");
+        assert!(c.entry(&digest(b"c"), WasmKind::Module).exists());
         assert!(c.size() <= 2500 + 200);
     }
 
@@ -460,7 +484,7 @@ mod tests {
             .map(|_| {
                 let (c, n) = (c.clone(), compiles.clone());
                 std::thread::spawn(move || {
-                    c.get_or_compile(b"same", WasmKind::Component, || {
+                    get(&c, b"same", WasmKind::Component, || {
                         n.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(100));
                         Ok(b"artifact".to_vec())
@@ -483,8 +507,8 @@ mod tests {
         std::fs::set_permissions(c.dir(), std::fs::Permissions::from_mode(0o500)).unwrap();
         // root ignores permissions; make the entry path a directory instead so the rename fails.
         std::fs::set_permissions(c.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::create_dir(c.entry(b"x", WasmKind::Module)).unwrap();
-        let (a, _) = c.get_or_compile(b"x", WasmKind::Module, || Ok(b"ok".to_vec())).unwrap();
+        std::fs::create_dir(c.entry(&digest(b"x"), WasmKind::Module)).unwrap();
+        let (a, _) = get(&c, b"x", WasmKind::Module, || Ok(b"ok".to_vec())).unwrap();
         assert!(matches!(&a, Artifact::Bytes(b) if b == b"ok"), "{a:?}");
         let left: Vec<_> = std::fs::read_dir(c.dir()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert!(

@@ -98,6 +98,12 @@ fn pooling() -> wasmtime::PoolingAllocationConfig {
     p
 }
 
+/// What a program is made from: a compiled artifact, or the Wasm itself.
+enum Source<'a> {
+    Artifact(cache::Artifact),
+    Wasm(std::borrow::Cow<'a, [u8]>),
+}
+
 impl Engine {
     /// An engine without a compile cache.
     pub fn new() -> Result<Self, EngineError> {
@@ -151,20 +157,59 @@ impl Engine {
     /// cannot run (malformed, a missing import, no entry point) is reported
     /// here, at Create, rather than at Start.
     pub fn prepare(&self, bytes: &[u8], kind: WasmKind) -> Result<Program, EngineError> {
+        let digest = self.inner.cache.as_ref().map(|_| cache::digest(bytes));
+        self.prepare_with(digest, kind, || Ok(std::borrow::Cow::Borrowed(bytes)))
+    }
+
+    /// [`prepare`](Self::prepare) for a file of a container's rootfs. With a
+    /// compile cache, a start that finds the file compiled only hashes it
+    /// (through a small buffer) instead of reading it into memory.
+    pub fn prepare_file(&self, wasm: &wasmcell_oci::WasmFile) -> Result<Program, EngineError> {
+        let digest = match &self.inner.cache {
+            Some(_) => Some(cache::digest_file(wasm.file()).map_err(|e| {
+                EngineError::Compile(format!("cannot read {}: {e}", wasm.path))
+            })?),
+            None => None,
+        };
+        self.prepare_with(digest, wasm.kind, || {
+            let bytes = wasm.read_all().map_err(|e| EngineError::Compile(e.to_string()))?;
+            // What is compiled must be what was hashed: the artifact is
+            // stored under that hash, for every container that runs it.
+            if digest.is_some_and(|d| d != cache::digest(&bytes)) {
+                return Err(EngineError::Compile(format!("{} changed while it was being read", wasm.path)));
+            }
+            Ok(std::borrow::Cow::Owned(bytes))
+        })
+    }
+
+    /// Compiles (or loads from the cache, when `digest` is given) and links.
+    fn prepare_with<'a>(
+        &self,
+        digest: Option<blake3::Hash>,
+        kind: WasmKind,
+        wasm: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>, EngineError>,
+    ) -> Result<Program, EngineError> {
         let engine = &self.inner.engine;
+        let source = match (digest, &self.inner.cache) {
+            (Some(d), Some(cache)) => {
+                let (artifact, outcome) = cache.get_or_compile(&d, kind, || {
+                    let bytes = wasm()?;
+                    match kind {
+                        WasmKind::Component => engine.precompile_component(&bytes),
+                        WasmKind::Module => engine.precompile_module(&bytes),
+                    }
+                    .map_err(EngineError::compile)
+                })?;
+                log::debug!("{kind:?}: compile cache {outcome:?}");
+                Source::Artifact(artifact)
+            }
+            _ => Source::Wasm(wasm()?),
+        };
         match kind {
             WasmKind::Component => {
-                let component = match &self.inner.cache {
-                    None => Component::new(engine, bytes).map_err(EngineError::compile)?,
-                    Some(cache) => {
-                        let (artifact, outcome) = cache
-                            .get_or_compile(bytes, kind, || {
-                                engine.precompile_component(bytes).map_err(|e| format!("{e:#}"))
-                            })
-                            .map_err(EngineError::Compile)?;
-                        log::debug!("component: compile cache {outcome:?}");
-                        cache::load_component(engine, &artifact)?
-                    }
+                let component = match &source {
+                    Source::Artifact(a) => cache::load_component(engine, a)?,
+                    Source::Wasm(w) => Component::new(engine, &**w).map_err(EngineError::compile)?,
                 };
                 let pre = self
                     .inner
@@ -181,17 +226,9 @@ impl Engine {
                 Ok(Program::Command(cmd))
             }
             WasmKind::Module => {
-                let module = match &self.inner.cache {
-                    None => Module::new(engine, bytes).map_err(EngineError::compile)?,
-                    Some(cache) => {
-                        let (artifact, outcome) = cache
-                            .get_or_compile(bytes, kind, || {
-                                engine.precompile_module(bytes).map_err(|e| format!("{e:#}"))
-                            })
-                            .map_err(EngineError::Compile)?;
-                        log::debug!("module: compile cache {outcome:?}");
-                        cache::load_module(engine, &artifact)?
-                    }
+                let module = match &source {
+                    Source::Artifact(a) => cache::load_module(engine, a)?,
+                    Source::Wasm(w) => Module::new(engine, &**w).map_err(EngineError::compile)?,
                 };
                 match module.get_export("_start") {
                     Some(wasmtime::ExternType::Func(_)) => {}

@@ -1,4 +1,3 @@
-use std::io::Read;
 use std::path::Path;
 
 use cap_std::ambient_authority;
@@ -39,13 +38,49 @@ pub enum EntrypointError {
     NotWasm { path: String, reason: NotWasm },
 }
 
+/// A Wasm file of a container's rootfs: opened, checked to be a regular
+/// file of at most [`MAX_WASM_BYTES`], classified from its header, and not
+/// read yet (a start that finds the file's compiled form in a cache only
+/// needs to hash it).
+#[derive(Debug)]
+pub struct WasmFile {
+    file: std::fs::File,
+    len: u64,
+    /// Component or core module.
+    pub kind: WasmKind,
+    /// The path inside the rootfs, for messages.
+    pub path: String,
+}
+
+impl WasmFile {
+    /// The open file (positioned reads only: its offset is not used).
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Reads the whole file, as long as it was when opened.
+    pub fn read_all(&self) -> Result<Vec<u8>, EntrypointError> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; self.len as usize];
+        self.file.read_exact_at(&mut bytes, 0).map_err(|source| EntrypointError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(bytes)
+    }
+}
+
 /// Reads the Wasm file at `guest_path` (absolute, inside the rootfs) and
+/// classifies it; see [`open_entrypoint`].
+pub fn read_entrypoint(rootfs: &Path, guest_path: &str) -> Result<(Vec<u8>, WasmKind), EntrypointError> {
+    let f = open_entrypoint(rootfs, guest_path)?;
+    Ok((f.read_all()?, f.kind))
+}
+
+/// Opens the Wasm file at `guest_path` (absolute, inside the rootfs) and
 /// classifies it. Resolution happens inside the rootfs directory handle, so
 /// neither `..` nor an absolute symlink can reach a host file.
-pub fn read_entrypoint(
-    rootfs: &Path,
-    guest_path: &str,
-) -> Result<(Vec<u8>, WasmKind), EntrypointError> {
+pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, EntrypointError> {
     let root = Dir::open_ambient_dir(rootfs, ambient_authority()).map_err(|source| {
         EntrypointError::Rootfs {
             path: rootfs.display().to_string(),
@@ -81,7 +116,7 @@ pub fn read_entrypoint(
     }
     let mut options = cap_std::fs::OpenOptions::new();
     options.read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
-    let mut file = root.open_with(rel, &options).map_err(open_err)?;
+    let file = root.open_with(rel, &options).map_err(open_err)?;
     let meta = file.metadata().map_err(|source| EntrypointError::Io {
         path: path.clone(),
         source,
@@ -99,16 +134,34 @@ pub fn read_entrypoint(
             max: MAX_WASM_BYTES,
         });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.by_ref()
-        .take(MAX_WASM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| EntrypointError::Io {
-            path: path.clone(),
-            source,
-        })?;
-    let kind = classify(&bytes).map_err(|reason| EntrypointError::NotWasm { path, reason })?;
-    Ok((bytes, kind))
+    let file = file.into_std();
+    let mut head = [0u8; 16];
+    let n = read_head(&file, &mut head).map_err(|source| EntrypointError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let kind = classify(&head[..n]).map_err(|reason| EntrypointError::NotWasm { path: path.clone(), reason })?;
+    Ok(WasmFile {
+        file,
+        len: meta.len(),
+        kind,
+        path,
+    })
+}
+
+/// Fills `buf` from the start of `f` as far as the file goes.
+fn read_head(f: &std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

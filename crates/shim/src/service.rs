@@ -267,21 +267,20 @@ impl TaskService {
     ) -> Result<(Workload, Option<std::net::TcpListener>), ShimError> {
         let rootfs = grants.root.host().expect("root is a host dir").to_path_buf();
         let entry = grants.program.entrypoint.clone();
-        let read = tokio::task::spawn_blocking(move || wasmcell_oci::read_entrypoint(&rootfs, &entry))
+        let opened = tokio::task::spawn_blocking(move || wasmcell_oci::open_entrypoint(&rootfs, &entry))
             .await
             .map_err(|e| ShimError::Internal(e.to_string()))?;
-        let (bytes, kind) = match read {
-            Ok(found) => found,
+        let engine = self.engine_with(req.options.as_ref())?;
+        let prepared = match opened {
+            Ok(file) => tokio::task::spawn_blocking(move || engine.prepare_file(&file)).await,
             // Not in the rootfs: the image may carry its Wasm as layers.
             Err(e @ (EntrypointError::NotFound(_) | EntrypointError::Rootfs { .. })) => {
-                self.wasm_from_layers(&req.id, &grants.program.entrypoint, e).await?
+                let (bytes, kind) = self.wasm_from_layers(&req.id, &grants.program.entrypoint, e).await?;
+                tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind)).await
             }
             Err(e) => return Err(not_wasm_hint(e, &grants.role)),
         };
-        let engine = self.engine_with(req.options.as_ref())?;
-        let program = tokio::task::spawn_blocking(move || engine.prepare(&bytes, kind))
-            .await
-            .map_err(|e| ShimError::Internal(e.to_string()))??;
+        let program = prepared.map_err(|e| ShimError::Internal(e.to_string()))??;
         let scope = socket_scope(&grants.network, &netns::joined());
         let config = GuestConfig::from_grants(grants, &private_dir(bundle), scope)?;
         let listener = if program.is_server() {
