@@ -6,14 +6,17 @@
 //! files this cache wrote are ever loaded. The directory is created 0700
 //! (root-only on a node), entries are written to private temp files and
 //! renamed into place (never seen half-written), and each artifact has a
-//! side file with its length and BLAKE3 hash, checked before loading: a
-//! truncated or corrupt entry is deleted and recompiled, never loaded.
+//! side file with its length and checksum (XXH3-128), checked before
+//! loading: a truncated or corrupt entry is deleted and recompiled, never
+//! loaded. Entries are named by the BLAKE3 of the Wasm, so Wasm crafted to
+//! collide with another tenant's cannot take its entry.
 //!
 //! Cost: the artifact itself is Wasmtime's own file format, so a hit maps it
 //! (`deserialize_file`) instead of copying it into the heap: code pages and
 //! memory images are shared through the page cache by every shim running
 //! that component, and a warm start of a large component costs one hashing
-//! pass over the file, not a read, a copy and a relocation of tens of MB.
+//! pass over the Wasm and one checksum pass over the artifact, not reads
+//! and copies of tens of MB.
 //!
 //! Concurrency: one shim per container means several processes may start
 //! the same component at once; an exclusive `flock` per entry makes the
@@ -34,9 +37,13 @@ pub const DEFAULT_DIR: &str = "/var/lib/wasmcell/cache";
 /// Default bound on the cache's total size.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
 
-/// The side file: magic, artifact length (u64 LE), BLAKE3 of the artifact.
-const MAGIC: &[u8; 8] = b"WCELLS02";
-const SUM_LEN: usize = 8 + 8 + 32;
+/// The side file: magic, artifact length (u64 LE), XXH3-128 of the artifact
+/// (LE). The checksum guards against truncation and corruption, not against
+/// a forger: whoever could write the artifact could write this file too, so
+/// a fast non-cryptographic hash is the right tool. The cache *key*, which
+/// a tenant's Wasm bytes choose, is cryptographic (BLAKE3).
+const MAGIC: &[u8; 8] = b"WCELLS03";
+const SUM_LEN: usize = 8 + 8 + 16;
 
 /// Where and how big.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,8 +148,8 @@ impl Cache {
         if len != want_len {
             return Err(format!("{}: {len} bytes, {want_len} expected (truncated)", path.display()));
         }
-        let hash = digest_file(&f).map_err(|e| io("read", path, e))?;
-        if hash.as_bytes() != &sum[16..SUM_LEN] {
+        let hash = checksum_file(&f).map_err(|e| io("read", path, e))?;
+        if hash.to_le_bytes() != sum[16..SUM_LEN] {
             return Err(format!("{}: checksum mismatch (corrupt)", path.display()));
         }
         // Recently used: eviction goes by modification time.
@@ -161,7 +168,7 @@ impl Cache {
         let mut sum = Vec::with_capacity(SUM_LEN);
         sum.extend_from_slice(MAGIC);
         sum.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        sum.extend_from_slice(blake3::hash(payload).as_bytes());
+        sum.extend_from_slice(&xxhash_rust::xxh3::xxh3_128(payload).to_le_bytes());
         let put = |p: &Path, data: &[u8]| -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p)?;
             f.write_all(data)?;
@@ -277,19 +284,34 @@ pub fn digest(wasm: &[u8]) -> blake3::Hash {
     blake3::hash(wasm)
 }
 
-/// The cache key of a Wasm file, or the checksum of an artifact, hashed
-/// from the start of `f` through a small buffer: the file's pages stay in
-/// the page cache, shared, rather than being copied into this process.
+/// The cache key of a Wasm file; see [`each_block`].
 pub fn digest_file(f: &File) -> std::io::Result<blake3::Hash> {
-    use std::os::unix::fs::FileExt;
     let mut hasher = blake3::Hasher::new();
+    each_block(f, |b| {
+        hasher.update(b);
+    })?;
+    Ok(hasher.finalize())
+}
+
+/// The checksum of an artifact file; see [`each_block`].
+fn checksum_file(f: &File) -> std::io::Result<u128> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    each_block(f, |b| hasher.update(b))?;
+    Ok(hasher.digest128())
+}
+
+/// Feeds `f` from its start to `eat` through a small buffer: the file's
+/// pages stay in the page cache, shared, rather than being copied into
+/// this process.
+fn each_block(f: &File, mut eat: impl FnMut(&[u8])) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     loop {
         match f.read_at(&mut buf, at) {
-            Ok(0) => return Ok(hasher.finalize()),
+            Ok(0) => return Ok(()),
             Ok(n) => {
-                hasher.update(&buf[..n]);
+                eat(&buf[..n]);
                 at += n as u64;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
