@@ -63,6 +63,9 @@ hf --runs "$COLD_RUNS" --prepare "rm -rf $CACHE" --export-json "$work/cold-large
 # Idle cost: PSS summed over every process of the container.
 pss_kb() { awk '/^Pss:/{s+=$2} END{print s+0}' "$@" 2>/dev/null; }
 tree_pids() { local p=$1; echo "$p"; for c in $(cat /proc/$p/task/*/children 2>/dev/null); do tree_pids "$c"; done; }
+# The compile cache is warm, as for every start but a component's first on
+# a node (the start-up runs above emptied it).
+CTR run --rm --platform wasi/wasm --runtime $RUNTIME bench/hello:latest warm-probe /probe.wasm sleep 1 >/dev/null
 CTR run -d bench/native:latest idle-runc /sleep >/dev/null
 CTR run -d --platform wasi/wasm --runtime $RUNTIME bench/hello:latest idle-wasm /probe.wasm sleep 3600000 >/dev/null
 sleep 2
@@ -77,31 +80,36 @@ for id in idle-runc idle-wasm; do CTR task kill -s SIGKILL $id >/dev/null 2>&1 |
 sleep 0.5
 for id in idle-runc idle-wasm; do CTR task delete $id >/dev/null 2>&1 || true; CTR containers rm $id >/dev/null 2>&1 || true; done
 
-# Density: K idle containers. runc: K shims + K processes. wasmcell: the K
-# containers of one pod (CRI's sandbox-id annotation, set here through ctr)
-# share one shim process, as every pod's containers do under Kubernetes.
+# Density: K idle containers, each set measured alone (file pages shared
+# between sets would lower each other's PSS). runc: K shims + K processes.
+# wasmcell as a pod: the K containers of one pod (CRI's sandbox-id
+# annotation, set here through ctr) share one shim process, as every pod's
+# containers do under Kubernetes. wasmcell as plain `ctr run`s: K shims,
+# which share the binary's pages with each other.
 K="${BENCH_DENSITY:-10}"
-for i in $(seq 1 "$K"); do
-  CTR run -d bench/native:latest "dens-runc-$i" /sleep >/dev/null
-  CTR run -d --annotation io.kubernetes.cri.sandbox-id=bench-pod --platform wasi/wasm --runtime $RUNTIME \
-    bench/hello:latest "dens-wasm-$i" /probe.wasm sleep 3600000 >/dev/null
-done
-sleep 2
-dens_files=(); for i in $(seq 1 "$K"); do
-  t=$(CTR task ls | awk -v id="dens-runc-$i" '$1==id{print $2}'); s=$(awk '{print $4}' /proc/$t/stat)
-  dens_files+=("/proc/$t/smaps_rollup" "/proc/$s/smaps_rollup")
-done
-DENS_RUNC=$(pss_kb "${dens_files[@]}")
-wasm_shims=$(for i in $(seq 1 "$K"); do CTR task ls | awk -v id="dens-wasm-$i" '$1==id{print $2}'; done | sort -u)
-dens_files=(); for p in $wasm_shims; do dens_files+=("/proc/$p/smaps_rollup"); done
-DENS_WASM=$(pss_kb "${dens_files[@]}"); DENS_WASM_PROCS=$(echo "$wasm_shims" | wc -l)
-for i in $(seq 1 "$K"); do
-  for id in "dens-runc-$i" "dens-wasm-$i"; do CTR task kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
-done
-sleep 0.5
-for i in $(seq 1 "$K"); do
-  for id in "dens-runc-$i" "dens-wasm-$i"; do CTR task delete "$id" >/dev/null 2>&1 || true; CTR containers rm "$id" >/dev/null 2>&1 || true; done
-done
+task_pid() { CTR task ls | awk -v id="$1" '$1==id{print $2}'; }
+density() {  # set name, then the ctr run arguments before the id; prints "PSS_KB PROCESSES"
+  local set=$1 i t pids=() files=(); shift
+  for i in $(seq 1 "$K"); do CTR run -d "$@" "dens-$set-$i" "${DENS_CMD[@]}" >/dev/null; done
+  sleep 2
+  for i in $(seq 1 "$K"); do
+    t=$(task_pid "dens-$set-$i"); pids+=("$t")
+    # runc: the container's process and its shim; wasmcell: the shim.
+    [ "$set" = runc ] && pids+=("$(awk '{print $4}' /proc/$t/stat)")
+  done
+  pids=($(printf '%s\n' "${pids[@]}" | sort -u))
+  for t in "${pids[@]}"; do files+=("/proc/$t/smaps_rollup"); done
+  echo "$(pss_kb "${files[@]}") ${#pids[@]}"
+  for i in $(seq 1 "$K"); do CTR task kill -s SIGKILL "dens-$set-$i" >/dev/null 2>&1 || true; done
+  sleep 0.5
+  for i in $(seq 1 "$K"); do CTR task delete "dens-$set-$i" >/dev/null 2>&1 || true; CTR containers rm "dens-$set-$i" >/dev/null 2>&1 || true; done
+}
+DENS_CMD=(/sleep)
+read -r DENS_RUNC _ < <(density runc bench/native:latest)
+DENS_CMD=(/probe.wasm sleep 3600000)
+read -r DENS_WASM DENS_WASM_PROCS < <(density pod --annotation io.kubernetes.cri.sandbox-id=bench-pod \
+  --platform wasi/wasm --runtime $RUNTIME bench/hello:latest)
+read -r DENS_SOLO DENS_SOLO_PROCS < <(density solo --platform wasi/wasm --runtime $RUNTIME bench/hello:latest)
 
 # HTTP: the hello handler served by the shim (a detached container on the
 # host network) vs the same component served by plain Wasmtime in one
@@ -178,7 +186,7 @@ SHARES_WASM=$(shares_measure sh-wasm)
 python3 - "$work" "$RUNC_PSS" "$WASM_PSS" "$RUNC_PROCS" "$WASM_PROCS" \
   "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" "$QUOTA" "$PERIOD" \
   "$SHIM_RPS" "$BASE_RPS" "$HTTP_IDLE_PSS" "$HTTP_LOADED_PSS" "$K" "$DENS_RUNC" "$DENS_WASM" "$DENS_WASM_PROCS" \
-  "$SHARES_RUNC" "$SHARES_WASM" "$(nproc)" "$SHARES_SECS" <<'PY'
+  "$SHARES_RUNC" "$SHARES_WASM" "$(nproc)" "$SHARES_SECS" "$DENS_SOLO" "$DENS_SOLO_PROCS" <<'PY'
 import json, os, sys
 work = sys.argv[1]
 runc_pss, wasm_pss, runc_n, wasm_n = map(int, sys.argv[2:6])
@@ -204,15 +212,16 @@ for name, label in [("runc-true", "runc, static true"), ("hello-cold", "hello co
 if "large-warm" in res:
     print(f"  large warm / hello warm          {res['large-warm']['mean']/res['hello-warm']['mean']:9.2f}x")
 print()
-print("idle container, PSS of all its processes:")
+print("idle container (compile cache warm), PSS of all its processes:")
 print(f"  runc, static sleep               {runc_pss/1024:9.1f} MiB  ({runc_n} processes)")
 print(f"  wasmcell, sleeping guest         {wasm_pss/1024:9.1f} MiB  ({wasm_n} process)")
 print(f"  ratio wasmcell/runc              {wasm_pss/runc_pss:9.2f}x")
 print()
-print(f"{k} idle containers (one pod), PSS of all their processes:")
+dens_solo, solo_procs = int(sys.argv[25]), int(sys.argv[26])
+print(f"{k} idle containers, PSS of all their processes:")
 print(f"  runc, static sleep               {dens_runc/1024:9.1f} MiB  ({2*k} processes)")
-print(f"  wasmcell, sleeping guests        {dens_wasm/1024:9.1f} MiB  ({dens_procs} process)")
-print(f"  ratio wasmcell/runc              {dens_wasm/dens_runc:9.2f}x")
+print(f"  wasmcell, one pod                {dens_wasm/1024:9.1f} MiB  ({dens_procs} process)   {dens_wasm/dens_runc:5.2f}x")
+print(f"  wasmcell, {k} ctr runs            {dens_solo/1024:9.1f} MiB  ({solo_procs} processes) {dens_solo/dens_runc:5.2f}x")
 print()
 print("HTTP hello handler, requests/s (wrk -t2 -c32 on 127.0.0.1):")
 print(f"  plain Wasmtime, in-process       {base_rps:9.0f}")

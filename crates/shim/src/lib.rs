@@ -59,6 +59,7 @@ pub fn main() {
     }
     let serving = flags.action.is_empty();
     if serving {
+        sys::process::limit_malloc_arenas();
         if flags.socket.is_empty() {
             eprintln!("containerd-shim-wasmtime-v1: -socket is required to serve; containerd starts this binary with `start`");
             std::process::exit(2);
@@ -71,6 +72,10 @@ pub fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("shim-rpc")
+        // Blocking threads (file reads and compiles at Create) are rare:
+        // an idle shim should not keep them, with their stacks and malloc
+        // arenas, for tokio's default 10 s.
+        .thread_keep_alive(std::time::Duration::from_millis(500))
         .enable_all()
         .build()
         .expect("build tokio runtime");

@@ -24,3 +24,16 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Caps glibc's malloc arenas at two. glibc gives each thread that
+/// allocates concurrently an arena of its own, up to eight per core, and an
+/// arena keeps the pages of its peak: the shim's short bursts on blocking
+/// threads (reading and linking a guest at Create) would otherwise each leave
+/// one behind. Two keep the shim's two runtime workers from contending.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a glibc tunable; called at start, before
+    // other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
