@@ -31,10 +31,7 @@ impl EngineError {
         EngineError::Setup(chain(&e))
     }
     pub(crate) fn compile(e: wasmtime::Error) -> Self {
-        Self::compile_message(chain(&e))
-    }
-    /// A compile error reported as text (by a compiler in another process).
-    pub fn compile_message(msg: String) -> Self {
+        let msg = chain(&e);
         if exceeds_pool(&msg) {
             EngineError::TooBig(msg)
         } else {
