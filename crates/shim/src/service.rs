@@ -201,12 +201,23 @@ impl TaskService {
         mounted_rootfs: Option<PathBuf>,
     ) -> Result<Container, ShimError> {
         let bundle = PathBuf::from(&req.bundle);
-        let (workload, listener) = if let Role::Sandbox { .. } = grants.role {
-            (Workload::Pause, None)
-        } else {
-            self.prepare_wasm(req, grants, &bundle).await?
-        };
+        // The fifos first, as runc's shim does: the client (ctr) is waiting
+        // to open its ends, and a Create that compiles for a while must not
+        // leave it waiting for a writer that only appears later.
         let (io, stdin_copy, guest_io) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
+        let prepared = if let Role::Sandbox { .. } = grants.role {
+            Ok((Workload::Pause, None))
+        } else {
+            self.prepare_wasm(req, grants, &bundle).await
+        };
+        let (workload, listener) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                stdin_copy.close();
+                io.abort().await;
+                return Err(e);
+            }
+        };
         let stats = Arc::new(GuestStats::default());
         stats.set_memory_cap(grants.limits.memory_bytes);
         stats.set_cpu_quota(grants.limits.cpu);

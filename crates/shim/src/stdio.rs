@@ -50,9 +50,43 @@ async fn output(io: &IoTasks, target: &str, what: &str) -> Result<Option<OwnedFd
             "{what} {target}: only fifos and file:// log URIs are supported"
         )));
     } else {
+        // The copy holds a read end of the fifo itself, so its write end
+        // opens at once even before the client (ctr, CRI) has opened its
+        // read end; what the guest writes and the copy closes before then
+        // would be lost with the fifo. runc's shim avoids that by a blocking
+        // open of the write end, which waits for the client's reader: the
+        // same here, bounded, and kept open until the copy's own ends are.
+        let client = client_reader(target).await;
         io.copy_to_fifo(rx, target).map_err(|e| io_err(what, target, e))?;
+        drop(client);
     }
     Ok(Some(w))
+}
+
+/// How long Create waits for the client to open its end of an output fifo.
+const CLIENT_READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A write end of fifo `path`, once some reader has it open (ENXIO until
+/// then, for a non-blocking open); `None` after [`CLIENT_READER_WAIT`] or on
+/// another error, and the copy then goes ahead as it would have.
+async fn client_reader(path: &str) -> Option<std::fs::File> {
+    let deadline = tokio::time::Instant::now() + CLIENT_READER_WAIT;
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => return Some(f),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Err(e) => {
+                log::warn!("output fifo {path}: no reader yet ({e}); output written before one opens it may be lost");
+                return None;
+            }
+        }
+    }
 }
 
 /// The copy of containerd's stdin fifo into the guest's stdin pipe.
