@@ -357,8 +357,9 @@ fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, crate::EngineError> {
 }
 
 // SAFETY (both loaders): an artifact comes from `Cache::get_or_compile`:
-// either it was just produced by `Engine::precompile_*` of an engine with the
-// same configuration (in memory, or written and reopened by this process), or
+// either it was just produced by `Engine::precompile` of an engine with the
+// same configuration, in this process or in a child running this same
+// binary (in memory, or written and reopened by this process), or
 // it is an entry this cache wrote (in a root-only directory, through temp
 // file + rename, never modified in place) whose length and BLAKE3 matched the
 // checksum recorded at write time, read through the same open file that is

@@ -31,7 +31,10 @@ impl EngineError {
         EngineError::Setup(chain(&e))
     }
     pub(crate) fn compile(e: wasmtime::Error) -> Self {
-        let msg = chain(&e);
+        Self::compile_message(chain(&e))
+    }
+    /// A compile error reported as text (by a compiler in another process).
+    pub fn compile_message(msg: String) -> Self {
         if exceeds_pool(&msg) {
             EngineError::TooBig(msg)
         } else {

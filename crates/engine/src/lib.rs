@@ -48,7 +48,14 @@ struct Inner {
     ticker: ticker::Ticker,
     fair: Arc<fairshare::FairShare>,
     cache: Option<cache::Cache>,
+    compiler: Option<Compiler>,
 }
+
+/// Turns Wasm into this engine's compiled form ([`Engine::precompile`]'s
+/// output), possibly elsewhere: the shim runs the compiler in a child
+/// process, so that a compile's memory and code pages do not stay with a
+/// long-lived shim and a compiler crash cannot take the shim down.
+pub type Compiler = Arc<dyn Fn(&[u8], WasmKind) -> Result<Vec<u8>, EngineError> + Send + Sync>;
 
 /// A compiled, pre-linked guest, ready to instantiate any number of times.
 #[derive(Clone)]
@@ -114,6 +121,12 @@ impl Engine {
     /// that cannot be opened (read-only or full disk) is logged and skipped:
     /// containers still start, compiling every time.
     pub fn with_cache(cache: Option<cache::CacheConfig>) -> Result<Self, EngineError> {
+        Self::with_options(cache, None)
+    }
+
+    /// An engine with a compile cache (as [`with_cache`](Self::with_cache))
+    /// that compiles with `compiler` instead of in this process.
+    pub fn with_options(cache: Option<cache::CacheConfig>, compiler: Option<Compiler>) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -145,12 +158,31 @@ impl Engine {
                 ticker,
                 fair: Arc::new(fairshare::FairShare::new()),
                 cache,
+                compiler,
             }),
         })
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.engine
+    }
+
+    /// Compiles `bytes` in this process into Wasmtime's serialized form,
+    /// loadable by any engine of this configuration.
+    pub fn precompile(&self, bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
+        let engine = &self.inner.engine;
+        match kind {
+            WasmKind::Component => engine.precompile_component(bytes),
+            WasmKind::Module => engine.precompile_module(bytes),
+        }
+        .map_err(EngineError::compile)
+    }
+
+    fn compile(&self, bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
+        match &self.inner.compiler {
+            Some(c) => c(bytes, kind),
+            None => self.precompile(bytes, kind),
+        }
     }
 
     /// Compiles `bytes` and links it against WASI, so that every reason it
@@ -192,17 +224,11 @@ impl Engine {
         let engine = &self.inner.engine;
         let source = match (digest, &self.inner.cache) {
             (Some(d), Some(cache)) => {
-                let (artifact, outcome) = cache.get_or_compile(&d, kind, || {
-                    let bytes = wasm()?;
-                    match kind {
-                        WasmKind::Component => engine.precompile_component(&bytes),
-                        WasmKind::Module => engine.precompile_module(&bytes),
-                    }
-                    .map_err(EngineError::compile)
-                })?;
+                let (artifact, outcome) = cache.get_or_compile(&d, kind, || self.compile(&wasm()?, kind))?;
                 log::debug!("{kind:?}: compile cache {outcome:?}");
                 Source::Artifact(artifact)
             }
+            _ if self.inner.compiler.is_some() => Source::Artifact(cache::Artifact::Bytes(self.compile(&wasm()?, kind)?)),
             _ => Source::Wasm(wasm()?),
         };
         match kind {

@@ -7,6 +7,7 @@
 //! every raw Linux call in [`sys`].
 
 mod bootstrap;
+mod compiler;
 mod container;
 mod content;
 mod error;
@@ -36,6 +37,9 @@ pub fn main() {
         println!("  Runtime:  {RUNTIME_ID}");
         println!("  Wasmtime: 48");
         return;
+    }
+    if args.get(1).map(String::as_str) == Some(compiler::ACTION) {
+        std::process::exit(compiler::run_child(args.get(2).map(String::as_str)));
     }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,

@@ -170,7 +170,8 @@ impl TaskService {
         }
         let cache = cache_config(options);
         log::info!("compile cache: {}", cache.as_ref().map_or("off".to_string(), |c| c.dir.display().to_string()));
-        let e = Engine::with_cache(cache).map_err(|e| ShimError::Internal(e.to_string()))?;
+        let compiler: wasmcell_engine::Compiler = std::sync::Arc::new(crate::compiler::out_of_process);
+        let e = Engine::with_options(cache, Some(compiler)).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.inner.engine.get_or_init(|| e).clone())
     }
 

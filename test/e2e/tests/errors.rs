@@ -66,10 +66,22 @@ fn every_bad_input_is_refused_clearly_and_cleanly() {
     let r = run_image(&c, "norun", f, "/app.wasm");
     assert_refused(&c, &r, "norun", "wasi:cli/run");
 
+    // Valid Wasm beyond the shim's per-instance limits (8 tables): said so,
+    // not called invalid. It is compiled (in the shim's compiler child) and
+    // refused when loaded.
+    let module = wat::parse_str(format!(r#"(module {} (func (export "_start")))"#, "(table 1 funcref) ".repeat(9))).unwrap();
+    let f = write(&c, "tables.wasm", &module);
+    let r = run_image(&c, "toobig", f, "/app.wasm");
+    assert_refused(&c, &r, "toobig", "per-instance limits");
+    assert!(!r.stderr.contains("invalid WebAssembly"), "{r:?}");
+
     let r = c.run("escape", &[], &["/../../../../etc/passwd"]);
     assert_refused(&c, &r, "escape", "process.args[0]");
 
-    // After all that, a good container still runs.
+    // After all that, a good container still runs, and no compiler child
+    // of any shim outlived its compile.
     c.run("good", &[], &["/hello.wasm"]).ok();
+    let compilers = std::process::Command::new("pgrep").args(["-f", "compile-wasm"]).output().unwrap();
+    assert!(compilers.stdout.is_empty(), "compiler processes left: {}", String::from_utf8_lossy(&compilers.stdout));
     c.stop_and_check_clean();
 }
