@@ -198,13 +198,6 @@ impl GuestConfig {
     /// The WASI context for this guest. Must be called inside a tokio runtime
     /// (the stdio pipes register with its reactor).
     pub(crate) fn builder(&self, io: GuestIo) -> Result<WasiCtxBuilder, EngineError> {
-        self.builder_with_drains(io).map(|(b, _)| b)
-    }
-
-    /// [`builder`](Self::builder), plus handles on the guest's output
-    /// streams to drain them once the guest has returned (see [`Drains`]).
-    pub(crate) fn builder_with_drains(&self, io: GuestIo) -> Result<(WasiCtxBuilder, Drains), EngineError> {
-        let mut drains = Drains(Vec::new());
         let mut b = WasiCtxBuilder::new();
         b.args(&self.argv).envs(&self.env).initial_cwd(&self.cwd);
         for p in &self.preopens {
@@ -244,36 +237,13 @@ impl GuestConfig {
         if let Some(fd) = io.stdout {
             let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
                 .map_err(|e| ctx_err("stdout", e))?;
-            let s = AsyncStdoutStream::new(64 * 1024, tx);
-            drains.0.push(wasmtime_wasi::cli::StdoutStream::p2_stream(&s));
-            b.stdout(s);
+            b.stdout(AsyncStdoutStream::new(64 * 1024, tx));
         }
         if let Some(fd) = io.stderr {
             let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
                 .map_err(|e| ctx_err("stderr", e))?;
-            let s = AsyncStdoutStream::new(64 * 1024, tx);
-            drains.0.push(wasmtime_wasi::cli::StdoutStream::p2_stream(&s));
-            b.stderr(s);
+            b.stderr(AsyncStdoutStream::new(64 * 1024, tx));
         }
-        Ok((b, drains))
-    }
-}
-
-/// The guest's stdout and stderr, kept past its store. Output a guest has
-/// written but not flushed waits in a writer task that dies with the stream:
-/// dropping the store at once would lose the end of the output (seen as a
-/// `ctr run` missing its last lines). [`Drains::flush`] lets it reach the
-/// pipe first.
-pub(crate) struct Drains(Vec<Box<dyn wasmtime_wasi::p2::OutputStream>>);
-
-impl Drains {
-    /// Flushes each stream and waits (bounded: a reader that never drains
-    /// must not hold the exit) until its writer is done.
-    pub(crate) async fn flush(mut self) {
-        for s in &mut self.0 {
-            if s.flush().is_ok() {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.ready()).await;
-            }
-        }
+        Ok(b)
     }
 }

@@ -167,15 +167,13 @@ impl Engine {
         }
         // A second handle on stderr, for the shim's own word on a trap.
         let stderr_note: Option<OwnedFd> = io.stderr.as_ref().and_then(|fd| fd.try_clone().ok());
-        let (builder, drains) = config.builder_with_drains(io)?;
+        let builder = config.builder(io)?;
         let fut = self.run_inner(program, config, builder, stats.clone());
         let result = Metered {
             inner: Box::pin(fut),
             stats: stats.clone(),
         }
         .await;
-        // The store is gone; what the guest wrote last reaches the pipe now.
-        drains.flush().await;
         let exit = match result {
             Ok(exit) => exit,
             Err(e) => {
