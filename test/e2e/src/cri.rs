@@ -345,6 +345,19 @@ impl Cri {
         .map(|r| r.into_inner().pod_sandbox_id)
     }
 
+    /// RunPodSandbox, then PodSandboxStatus: the pod is ready, on the
+    /// `wasmtime` handler, with an address from the CNI bridge. Returns the
+    /// pod's id and IP.
+    pub fn run_ready_pod(&self, config: &cri::PodSandboxConfig) -> (String, String) {
+        let pod = self.run_pod(config).expect("RunPodSandbox");
+        let ps = self.pod_status(&pod).expect("PodSandboxStatus");
+        assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32, "{ps:?}");
+        assert_eq!(ps.runtime_handler, HANDLER);
+        let ip = ps.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+        assert!(ip.starts_with("10.237.0."), "pod IP from the CNI bridge: {ps:?}");
+        (pod, ip)
+    }
+
     pub fn pod_status(&self, id: &str) -> CriResult<cri::PodSandboxStatus> {
         let mut r = self.runtime.clone();
         self.block_on(r.pod_sandbox_status(cri::PodSandboxStatusRequest {

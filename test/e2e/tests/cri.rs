@@ -2,7 +2,7 @@
 //! runtime handler, driven over CRI's gRPC API as kubelet drives it.
 
 use k8s_cri::v1 as cri;
-use wasmcell_e2e::cri::{http_get, Cri, HANDLER, PAUSE_IMAGE, WASM_IMAGE};
+use wasmcell_e2e::cri::{http_get, Cri, PAUSE_IMAGE, WASM_IMAGE};
 use wasmcell_e2e::wait::{until, wait_http};
 
 #[test]
@@ -17,12 +17,7 @@ fn wasm_pod_lifecycle_like_kubelet() {
 
     // RunPodSandbox: the sandbox runs no process; one shim holds the pod.
     let pod_cfg = c.pod_config("web");
-    let pod = c.run_pod(&pod_cfg).expect("RunPodSandbox");
-    let ps = c.pod_status(&pod).expect("PodSandboxStatus");
-    assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32, "{ps:?}");
-    assert_eq!(ps.runtime_handler, HANDLER);
-    let ip = ps.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
-    assert!(ip.starts_with("10.237.0."), "pod IP from the CNI bridge: {ps:?}");
+    let (pod, ip) = c.run_ready_pod(&pod_cfg);
     let shims = c.shim_pids();
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
     // The shim joined the sandbox's cgroup without the pause-sized limits

@@ -10,8 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
-use wasmcell_e2e::cri::{Cri, HANDLER};
+use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::wait::{free_port, wait_http};
 use wasmcell_e2e::{Containerd, Release, Version, RUNTIME};
 
@@ -144,12 +143,7 @@ fn cri_smoke(v: Version, clock: &mut Clock) {
     let c = Cri::start_version(v);
     clock.step("cri: start+import");
     let pod_cfg = c.pod_config("smoke");
-    let pod = c.run_pod(&pod_cfg).expect("RunPodSandbox");
-    let ps = c.pod_status(&pod).expect("PodSandboxStatus");
-    assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32, "{ps:?}");
-    assert_eq!(ps.runtime_handler, HANDLER);
-    let ip = ps.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
-    assert!(ip.starts_with("10.237.0."), "pod IP from the CNI bridge: {ps:?}");
+    let (pod, _ip) = c.run_ready_pod(&pod_cfg);
     assert_eq!(c.shim_pids().len(), 1, "one shim for the pod: {:?}", c.shim_pids());
 
     let hello = c
