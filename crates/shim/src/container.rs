@@ -47,6 +47,8 @@ pub(crate) struct Container {
     pub(crate) stdin_copy: crate::stdio::Stdin,
     /// The guest's pipe ends, handed to the guest at Start.
     pub(crate) guest_io: Mutex<Option<GuestIo>>,
+    /// Tells when the output copies have passed on all the guest wrote.
+    pub(crate) drained: Mutex<Option<crate::stdio::Drained>>,
     pub(crate) stats: Arc<GuestStats>,
     pub(crate) state: Mutex<State>,
     /// Set once, when the container stops: (exit status, time).

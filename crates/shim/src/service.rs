@@ -205,7 +205,7 @@ impl TaskService {
         // The fifos first, as runc's shim does: the client (ctr) is waiting
         // to open its ends, and a Create that compiles for a while must not
         // leave it waiting for a writer that only appears later.
-        let (io, stdin_copy, guest_io) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
+        let (io, stdin_copy, guest_io, drained) = stdio::open(&req.stdin, &req.stdout, &req.stderr).await?;
         let prepared = if let Role::Sandbox { .. } = grants.role {
             Ok((Workload::Pause, None))
         } else {
@@ -234,6 +234,7 @@ impl TaskService {
             io,
             stdin_copy,
             guest_io: Mutex::new(Some(guest_io)),
+            drained: Mutex::new(Some(drained)),
             stats,
             state: Mutex::new(State::Created),
             exited: watch::channel(None).0,
@@ -450,42 +451,53 @@ impl TaskService {
             let c = container;
             let (stop_tx, stop_rx) = watch::channel(false);
             let stats = c.stats.clone();
-            let run = async {
-                match (&c.workload, listener) {
-                    (Workload::Wasm { program: Program::Http(pre), config }, Some(l)) => {
-                        engine.serve(pre, config, io, stats, l, stop_rx).await
+            // The guest's future lives in this block only: it is dropped at
+            // the block's end, a killed guest's too, which closes the guest's
+            // ends of its output pipes.
+            let (status, oom) = {
+                let run = async {
+                    match (&c.workload, listener) {
+                        (Workload::Wasm { program: Program::Http(pre), config }, Some(l)) => {
+                            engine.serve(pre, config, io, stats, l, stop_rx).await
+                        }
+                        (Workload::Wasm { program, config }, _) => engine.run(program, config, io, stats).await,
+                        // A sandbox runs until a signal ends it.
+                        (Workload::Pause, _) => std::future::pending().await,
                     }
-                    (Workload::Wasm { program, config }, _) => engine.run(program, config, io, stats).await,
-                    // A sandbox runs until a signal ends it.
-                    (Workload::Pause, _) => std::future::pending().await,
+                };
+                tokio::pin!(run);
+                let server = c.workload.is_server();
+                let pause = matches!(c.workload, Workload::Pause);
+                loop {
+                    tokio::select! {
+                        r = &mut run => break match r {
+                            Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory(_))),
+                            Err(e) => {
+                                log::error!("start id={}: {e}", c.id);
+                                (126, false)
+                            }
+                        },
+                        sig = kill_rx.recv() => match sig {
+                            // A server stops gracefully on SIGTERM/SIGINT: no new
+                            // connections, in-flight requests finish, exit 0.
+                            Some(s) if server && (s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT) => {
+                                log::info!("id={}: stopping HTTP server gracefully", c.id);
+                                let _ = stop_tx.send(true);
+                            }
+                            // A sandbox ends cleanly on SIGTERM/SIGINT, as pause does.
+                            Some(s) if pause && (s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT) => break (0, false),
+                            Some(s) => break (128 + s, false),
+                            None => break (128 + libc::SIGKILL as u32, false),
+                        },
+                    }
                 }
             };
-            tokio::pin!(run);
-            let server = c.workload.is_server();
-            let pause = matches!(c.workload, Workload::Pause);
-            let (status, oom) = loop {
-                tokio::select! {
-                    r = &mut run => break match r {
-                        Ok(exit) => (exit.status(), matches!(exit, Exit::OutOfMemory(_))),
-                        Err(e) => {
-                            log::error!("start id={}: {e}", c.id);
-                            (126, false)
-                        }
-                    },
-                    sig = kill_rx.recv() => match sig {
-                        // A server stops gracefully on SIGTERM/SIGINT: no new
-                        // connections, in-flight requests finish, exit 0.
-                        Some(s) if server && (s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT) => {
-                            log::info!("id={}: stopping HTTP server gracefully", c.id);
-                            let _ = stop_tx.send(true);
-                        }
-                        // A sandbox ends cleanly on SIGTERM/SIGINT, as pause does.
-                        Some(s) if pause && (s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT) => break (0, false),
-                        Some(s) => break (128 + s, false),
-                        None => break (128 + libc::SIGKILL as u32, false),
-                    },
+            let drained = c.drained.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(d) = drained {
+                if !d.wait(stdio::DRAIN_WAIT).await {
+                    log::warn!("exit id={}: output not taken within {:?}; the rest may be lost", c.id, stdio::DRAIN_WAIT);
                 }
-            };
+            }
             svc.exited(&c, status, oom).await;
         });
         Ok(api::StartResponse {

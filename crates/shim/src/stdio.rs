@@ -5,11 +5,16 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use containerd_shim::asynchronous::io::IoTasks;
 use nix::fcntl::OFlag;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
 use wasmcell_engine::GuestIo;
 
 use crate::ShimError;
@@ -22,8 +27,64 @@ fn io_err(what: &str, path: &str, e: impl std::fmt::Display) -> ShimError {
     ShimError::InvalidArgument(format!("cannot open {what} {path}: {e}"))
 }
 
+/// The read end of a guest's output pipe as its copy sees it, which tells
+/// [`Drained`] once the copy has taken everything: at end of file (every
+/// write end closed, all the bytes read and, by then, passed on) or when the
+/// copy ends otherwise.
+struct Tracked {
+    rx: pipe::Receiver,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.rx).poll_read(cx, buf);
+        let eof = matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0;
+        if eof || matches!(r, Poll::Ready(Err(_))) {
+            self.done.take();
+        }
+        r
+    }
+}
+
+/// Whether the output copies have passed on all the guest wrote.
+///
+/// A guest's exit must not be reported before that: the client (ctr, CRI)
+/// takes the exit as its cue to finish reading, and output still in the
+/// pipe between the guest and the copy would miss it. runc's shim gets this
+/// order from the time the kernel takes to report a child's exit; here the
+/// copy is a task that may not have run yet when the guest returns.
+#[derive(Default)]
+pub(crate) struct Drained(Vec<oneshot::Receiver<()>>);
+
+/// How long an exit waits for the output copies. They finish as soon as the
+/// client reads; the bound matters only for a client that stopped reading
+/// with the fifo full.
+pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+impl Drained {
+    fn track(&mut self, rx: pipe::Receiver) -> Tracked {
+        let (tx, done) = oneshot::channel();
+        self.0.push(done);
+        Tracked { rx, done: Some(tx) }
+    }
+
+    /// Waits until every output copy has drained its pipe, at most `limit`;
+    /// false if the limit ran out. The guest's write ends must be closed
+    /// first (its future dropped), or this waits out the limit.
+    pub(crate) async fn wait(self, limit: Duration) -> bool {
+        let all = async {
+            for done in self.0 {
+                let _ = done.await;
+            }
+        };
+        tokio::time::timeout(limit, all).await.is_ok()
+    }
+}
+
 /// Output to a `file://` URI (`ctr run --log-uri file:///...`).
-async fn copy_to_file(rx: pipe::Receiver, path: &str) -> Result<(), ShimError> {
+async fn copy_to_file(rx: Tracked, path: &str) -> Result<(), ShimError> {
     let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -32,17 +93,20 @@ async fn copy_to_file(rx: pipe::Receiver, path: &str) -> Result<(), ShimError> {
         .map_err(|e| io_err("log file", path, e))?;
     tokio::spawn(async move {
         let (mut rx, mut file) = (rx, file);
-        let _ = tokio::io::copy(&mut rx, &mut file).await;
+        // Drained once the file has it all, not when the pipe is empty.
+        let done = rx.done.take();
+        let _ = tokio::io::copy(&mut rx.rx, &mut file).await;
+        drop(done);
     });
     Ok(())
 }
 
-async fn output(io: &IoTasks, target: &str, what: &str) -> Result<Option<OwnedFd>, ShimError> {
+async fn output(io: &IoTasks, drained: &mut Drained, target: &str, what: &str) -> Result<Option<OwnedFd>, ShimError> {
     if target.is_empty() {
         return Ok(None);
     }
     let (r, w) = os_pipe()?;
-    let rx = pipe::Receiver::from_owned_fd(r).map_err(|e| io_err(what, target, e))?;
+    let rx = drained.track(pipe::Receiver::from_owned_fd(r).map_err(|e| io_err(what, target, e))?);
     if let Some(path) = target.strip_prefix("file://") {
         copy_to_file(rx, path).await?;
     } else if target.contains("://") {
@@ -140,10 +204,11 @@ impl Stdin {
 }
 
 /// Opens the streams containerd asked for. Must run inside the shim's runtime.
-pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoTasks, Stdin, GuestIo), ShimError> {
+pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoTasks, Stdin, GuestIo, Drained), ShimError> {
     let io = IoTasks::default();
     let mut guest = GuestIo::default();
     let mut input = Stdin::default();
+    let mut drained = Drained::default();
     let result = async {
         if !stdin.is_empty() {
             let (r, w) = os_pipe()?;
@@ -151,17 +216,89 @@ pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoT
             input = Stdin::spawn(stdin, tx);
             guest.stdin = Some(r);
         }
-        guest.stdout = output(&io, stdout, "stdout").await?;
-        guest.stderr = output(&io, stderr, "stderr").await?;
+        guest.stdout = output(&io, &mut drained, stdout, "stdout").await?;
+        guest.stderr = output(&io, &mut drained, stderr, "stderr").await?;
         Ok::<(), ShimError>(())
     }
     .await;
     match result {
-        Ok(()) => Ok((io, input, guest)),
+        Ok(()) => Ok((io, input, guest, drained)),
         Err(e) => {
             input.close();
             io.abort().await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Where a test's copy writes: what it holds is visible at once.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl tokio::io::AsyncWrite for Sink {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A copy that starts late still hands over everything the guest wrote
+    /// before `wait` returns.
+    #[tokio::test]
+    async fn wait_returns_after_the_copy_took_everything() {
+        let mut drained = Drained::default();
+        let (r, w) = os_pipe().unwrap();
+        let mut rx = drained.track(pipe::Receiver::from_owned_fd(r).unwrap());
+        let mut tx = pipe::Sender::from_owned_fd(w).unwrap();
+        let data = vec![7u8; 48 * 1024];
+        tx.write_all(&data).await.unwrap();
+        drop(tx); // the guest is gone
+        let sink = Sink::default();
+        let mut to = sink.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::io::copy(&mut rx, &mut to).await.unwrap();
+            // The reader stays alive: end of file alone must count.
+            std::future::pending::<()>().await;
+        });
+        assert!(drained.wait(Duration::from_secs(30)).await);
+        assert_eq!(sink.0.lock().unwrap().len(), data.len());
+    }
+
+    /// A write end still open (a guest still running) keeps it waiting: it
+    /// gives up at the limit and says so.
+    #[tokio::test]
+    async fn wait_gives_up_at_the_limit_while_a_writer_is_open() {
+        let mut drained = Drained::default();
+        let (r, w) = os_pipe().unwrap();
+        let mut rx = drained.track(pipe::Receiver::from_owned_fd(r).unwrap());
+        tokio::spawn(async move {
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut rx, &mut sink).await;
+        });
+        assert!(!drained.wait(Duration::from_millis(100)).await);
+        drop(w);
+    }
+
+    /// A copy that ends without end of file (cancelled, or its fifo gone)
+    /// counts as done: dropping the reader tells as much.
+    #[tokio::test]
+    async fn a_dropped_copy_counts_as_drained() {
+        let mut drained = Drained::default();
+        let (r, _w) = os_pipe().unwrap();
+        let rx = drained.track(pipe::Receiver::from_owned_fd(r).unwrap());
+        drop(rx);
+        assert!(drained.wait(Duration::from_secs(30)).await);
     }
 }
