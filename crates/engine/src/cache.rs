@@ -14,9 +14,16 @@
 //! Cost: the artifact itself is Wasmtime's own file format, so a hit maps it
 //! (`deserialize_file`) instead of copying it into the heap: code pages and
 //! memory images are shared through the page cache by every shim running
-//! that component, and a warm start of a large component costs one hashing
-//! pass over the Wasm and one checksum pass over the artifact, not reads
-//! and copies of tens of MB.
+//! that component, and a warm start of a large component costs a checksum
+//! pass over the mapped artifact, not reads and copies of tens of MB.
+//!
+//! Identities: a warm start need not read the Wasm at all. Next to the
+//! entries, `ids/` maps a rootfs file's identity (filesystem, inode, size,
+//! modification and change times; see [`wasmcell_oci::FileId`]) to the
+//! BLAKE3 of its content, recorded when the file was first hashed. A write
+//! to the file moves its change time, so a changed file is a new identity
+//! and is hashed again. The map only names an entry; an entry missing or
+//! bad still means the Wasm is read and checked against the name.
 //!
 //! Concurrency: one shim per container means several processes may start
 //! the same component at once; an exclusive `flock` per entry makes the
@@ -30,12 +37,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use wasmcell_oci::WasmKind;
+use wasmcell_oci::{FileId, WasmKind};
 
 /// Default location on a node.
 pub const DEFAULT_DIR: &str = "/var/lib/wasmcell/cache";
 /// Default bound on the cache's total size.
 pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+/// Bound on the number of file identities remembered (a few bytes each).
+const MAX_IDS: usize = if cfg!(test) { 64 } else { 4096 };
 
 /// The side file: magic, artifact length (u64 LE), XXH3-128 of the artifact
 /// (LE). The checksum guards against truncation and corruption, not against
@@ -236,6 +245,58 @@ impl Cache {
         Ok((Artifact::Bytes(bytes), outcome))
     }
 
+    fn id_path(&self, id: &FileId) -> PathBuf {
+        self.config.dir.join("ids").join(id.key())
+    }
+
+    /// The digest recorded for the file with identity `id`, if any.
+    pub fn known_digest(&self, id: &FileId) -> Option<blake3::Hash> {
+        let bytes = std::fs::read(self.id_path(id)).ok()?;
+        Some(blake3::Hash::from_bytes(bytes.try_into().ok()?))
+    }
+
+    /// Forgets what was recorded for identity `id`.
+    pub fn forget_digest(&self, id: &FileId) {
+        let _ = std::fs::remove_file(self.id_path(id));
+    }
+
+    /// Records that the file with identity `id` hashes to `digest`. Best
+    /// effort: a failure only means the next start hashes the file again.
+    pub fn remember_digest(&self, id: &FileId, digest: &blake3::Hash) {
+        let path = self.id_path(id);
+        let dir = path.parent().expect("ids/ has a parent");
+        if std::fs::DirBuilder::new().mode(0o700).create(dir).is_err() && !dir.is_dir() {
+            return;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let put = || -> std::io::Result<()> {
+            OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?.write_all(digest.as_bytes())?;
+            std::fs::rename(&tmp, &path)
+        };
+        if put().is_err() {
+            // Nothing stays of a failed write (a full disk): nor the
+            // directory, if it holds nothing else.
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_dir(dir);
+            return;
+        }
+        // Keep the map bounded: drop the oldest quarter when it is full
+        // (counted from the directory alone; sizes only read then).
+        if std::fs::read_dir(dir).map_or(0, |rd| rd.count()) <= MAX_IDS {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let mut ids: Vec<(SystemTime, PathBuf)> = rd
+            .flatten()
+            .filter(|e| e.path() != path)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        ids.sort();
+        for (_, p) in ids.iter().take(MAX_IDS / 4) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
     /// Removes least-recently-used entries until the cache fits its bound,
     /// never the entry just written.
     fn evict(&self, keep: &Path) {
@@ -293,11 +354,23 @@ pub fn digest_file(f: &File) -> std::io::Result<blake3::Hash> {
     Ok(hasher.finalize())
 }
 
-/// The checksum of an artifact file; see [`each_block`].
+/// The checksum of an artifact file, read through a temporary mapping of
+/// it: its pages are the page cache's, shared, and not copied.
 fn checksum_file(f: &File) -> std::io::Result<u128> {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    each_block(f, |b| hasher.update(b))?;
-    Ok(hasher.digest128())
+    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+    let len = f.metadata()?.len() as usize;
+    let Some(size) = std::num::NonZeroUsize::new(len) else {
+        return Ok(xxhash_rust::xxh3::xxh3_128(&[]));
+    };
+    // SAFETY: a private read-only mapping of `len` bytes of an open file;
+    // the slice lives only until the munmap below. Cache entries are never
+    // modified in place (only replaced by rename), so the bytes are stable.
+    unsafe {
+        let at = mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE, f, 0)?;
+        let sum = xxhash_rust::xxh3::xxh3_128(std::slice::from_raw_parts(at.as_ptr() as *const u8, len));
+        let _ = munmap(at, len);
+        Ok(sum)
+    }
 }
 
 /// Feeds `f` from its start to `eat` through a small buffer: the file's
@@ -420,6 +493,42 @@ mod tests {
 
     fn bytes(r: (Artifact, Outcome)) -> (Vec<u8>, Outcome) {
         (r.0.to_vec().unwrap(), r.1)
+    }
+
+    fn file_id(n: u64) -> FileId {
+        FileId { dev: 1, ino: n, size: 10, mtime_ns: 5, ctime_ns: 7 }
+    }
+
+    #[test]
+    fn file_identities_map_to_digests_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cache(d.path(), 1 << 20);
+        assert_eq!(c.known_digest(&file_id(1)), None);
+        c.remember_digest(&file_id(1), &digest(b"one"));
+        assert_eq!(c.known_digest(&file_id(1)), Some(digest(b"one")));
+        // Any field of the identity differing is another file.
+        for other in [
+            FileId { dev: 2, ..file_id(1) },
+            FileId { size: 11, ..file_id(1) },
+            FileId { mtime_ns: 6, ..file_id(1) },
+            FileId { ctime_ns: 8, ..file_id(1) },
+            file_id(2),
+        ] {
+            assert_eq!(c.known_digest(&other), None, "{other:?}");
+        }
+        c.forget_digest(&file_id(1));
+        assert_eq!(c.known_digest(&file_id(1)), None);
+        // A torn record is no record.
+        c.remember_digest(&file_id(3), &digest(b"three"));
+        std::fs::write(c.id_path(&file_id(3)), b"short").unwrap();
+        assert_eq!(c.known_digest(&file_id(3)), None);
+        // Bounded: past MAX_IDS the oldest quarter goes.
+        for n in 0..=MAX_IDS as u64 {
+            c.remember_digest(&file_id(100 + n), &digest(b"x"));
+        }
+        let left = std::fs::read_dir(d.path().join("cache/ids")).unwrap().count();
+        assert!(left <= MAX_IDS && left >= MAX_IDS / 2, "{left} identities left");
+        assert_eq!(c.known_digest(&file_id(100 + MAX_IDS as u64)), Some(digest(b"x")), "the newest stays");
     }
 
     #[test]

@@ -196,11 +196,27 @@ impl Engine {
     /// [`prepare`](Self::prepare) for a file of a container's rootfs. With a
     /// compile cache, a start that finds the file compiled only hashes it
     /// (through a small buffer) instead of reading it into memory.
-    pub fn prepare_file(&self, wasm: &wasmcell_oci::WasmFile) -> Result<Program, EngineError> {
+    ///
+    /// `id`, the file's identity, lets a start that has seen this very file
+    /// before skip even the hashing (see [`cache`]).
+    pub fn prepare_file(&self, wasm: &wasmcell_oci::WasmFile, id: Option<wasmcell_oci::FileId>) -> Result<Program, EngineError> {
         let digest = match &self.inner.cache {
-            Some(_) => Some(cache::digest_file(wasm.file()).map_err(|e| {
-                EngineError::Compile(format!("cannot read {}: {e}", wasm.path))
-            })?),
+            Some(cache) => Some(match id.as_ref().and_then(|i| cache.known_digest(i)) {
+                Some(d) => {
+                    log::debug!("{}: digest known from the file's identity, not read", wasm.path);
+                    d
+                }
+                None => {
+                    let d = cache::digest_file(wasm.file())
+                        .map_err(|e| EngineError::Compile(format!("cannot read {}: {e}", wasm.path)))?;
+                    // Recorded only if the file kept its identity while it
+                    // was hashed.
+                    if let Some(i) = id.as_ref().filter(|i| wasmcell_oci::FileId::of(wasm.file(), Some(i.dev)).as_ref() == Some(*i)) {
+                        cache.remember_digest(i, &d);
+                    }
+                    d
+                }
+            }),
             None => None,
         };
         self.prepare_with(digest, wasm.kind, || {
@@ -208,6 +224,11 @@ impl Engine {
             // What is compiled must be what was hashed: the artifact is
             // stored under that hash, for every container that runs it.
             if digest.is_some_and(|d| d != cache::digest(&bytes)) {
+                // A recorded digest that no longer matches is dropped, so
+                // the next start hashes the file afresh.
+                if let (Some(cache), Some(id)) = (&self.inner.cache, id.as_ref()) {
+                    cache.forget_digest(id);
+                }
                 return Err(EngineError::Compile(format!("{} changed while it was being read", wasm.path)));
             }
             Ok(std::borrow::Cow::Owned(bytes))

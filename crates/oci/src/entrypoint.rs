@@ -52,10 +52,66 @@ pub struct WasmFile {
     pub path: String,
 }
 
+/// What names one version of a file on a host, without reading it: its
+/// filesystem and inode, size and modification and change times.
+///
+/// Any write to the file moves its change time, which no process can set,
+/// and a new file in a reused inode gets a new change time; so while the
+/// file keeps this identity its content is the content it had. Only files
+/// whose change time has sub-second precision get one: with whole seconds,
+/// a reused inode could come back within the same second.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileId {
+    /// The identity of open file `f`. `layers_dev`: the device of the
+    /// directories an overlay mount stacks, when `f` is on one (an overlay
+    /// mount reports the real inode number but a device of its own, new for
+    /// each mount); without it a file on an overlay gets no identity.
+    pub fn of(f: &std::fs::File, layers_dev: Option<u64>) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = f.metadata().ok()?;
+        if m.ctime_nsec() == 0 {
+            return None;
+        }
+        let dev = if on_overlay(f)? { layers_dev? } else { m.dev() };
+        let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+        Some(FileId {
+            dev,
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// A file name for this identity.
+    pub fn key(&self) -> String {
+        format!("{:x}-{:x}-{:x}-{:x}-{:x}", self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+    }
+}
+
+/// Whether `f` is on an overlay mount; `None` if that cannot be told.
+fn on_overlay(f: &std::fs::File) -> Option<bool> {
+    use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC};
+    Some(fstatfs(f).ok()?.filesystem_type() == OVERLAYFS_SUPER_MAGIC)
+}
+
 impl WasmFile {
     /// The open file (positioned reads only: its offset is not used).
     pub fn file(&self) -> &std::fs::File {
         &self.file
+    }
+
+    /// This file's identity; see [`FileId::of`].
+    pub fn id(&self, layers_dev: Option<u64>) -> Option<FileId> {
+        FileId::of(&self.file, layers_dev)
     }
 
     /// Reads the whole file, as long as it was when opened.
@@ -170,6 +226,32 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     const MODULE: &[u8] = b"\0asm\x01\0\0\0";
+
+    #[test]
+    fn file_identity_changes_with_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.wasm");
+        std::fs::write(&p, MODULE).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let Some(id) = FileId::of(&f, None) else {
+            // Whole-second timestamps: no identity, by design.
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(f.metadata().unwrap().ctime_nsec(), 0);
+            return;
+        };
+        assert_eq!(FileId::of(&f, None), Some(id.clone()), "stable while unchanged");
+        assert_eq!(FileId::of(&std::fs::File::open(&p).unwrap(), None), Some(id.clone()), "the file's, not the handle's");
+        // Not on an overlay: the layers' device is not used.
+        assert_eq!(FileId::of(&f, Some(12345)), Some(id.clone()));
+        std::fs::write(&p, [MODULE, MODULE].concat()).unwrap();
+        assert_ne!(FileId::of(&f, None), Some(id.clone()), "a write is a new identity");
+        // Replaced by a new file under the same name: another inode.
+        let q = d.path().join("b.wasm");
+        std::fs::write(&q, MODULE).unwrap();
+        std::fs::rename(&q, &p).unwrap();
+        let now = FileId::of(&std::fs::File::open(&p).unwrap(), None).unwrap();
+        assert_ne!(now.ino, id.ino);
+    }
 
     fn rootfs() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

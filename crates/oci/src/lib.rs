@@ -17,4 +17,4 @@ pub mod image;
 pub mod layers;
 
 pub use classify::{classify, component_interfaces, WasmKind};
-pub use entrypoint::{open_entrypoint, read_entrypoint, EntrypointError, WasmFile};
+pub use entrypoint::{open_entrypoint, read_entrypoint, EntrypointError, FileId, WasmFile};

@@ -37,6 +37,9 @@ struct Inner {
     namespace: String,
     /// The cgroup this shim joined, and the container it belongs to.
     cgroup: Mutex<Option<(String, crate::sys::cgroup::Joined)>>,
+    /// A leave of that cgroup under way since its container exited, which
+    /// the container's Delete waits for.
+    leaving: tokio::sync::Mutex<Option<(String, tokio::task::JoinHandle<()>)>>,
 }
 
 /// Guests run on a runtime of their own, so a guest that computes for its
@@ -154,6 +157,7 @@ impl TaskService {
                 exit,
                 pid: std::process::id(),
                 cgroup: Mutex::new(None),
+                leaving: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -285,7 +289,14 @@ impl TaskService {
             .map_err(|e| ShimError::Internal(e.to_string()))?;
         let engine = self.engine_with(req.options.as_ref())?;
         let prepared = match opened {
-            Ok(file) => tokio::task::spawn_blocking(move || engine.prepare_file(&file)).await,
+            Ok(file) => {
+                let layers_dev = rootfs::layers_dev(&req.rootfs);
+                tokio::task::spawn_blocking(move || {
+                    let id = file.id(layers_dev);
+                    engine.prepare_file(&file, id)
+                })
+                .await
+            }
             // Not in the rootfs: the image may carry its Wasm as layers.
             Err(e @ (EntrypointError::NotFound(_) | EntrypointError::Rootfs { .. })) => {
                 let (bytes, kind) = self.wasm_from_layers(&req.id, &grants.program.entrypoint, e).await?;
@@ -405,6 +416,17 @@ impl TaskService {
 
     /// Leaves and removes the cgroup if container `id` owns it.
     async fn leave_cgroup(&self, id: &str) {
+        let pending = {
+            let mut leaving = self.inner.leaving.lock().await;
+            match leaving.as_ref() {
+                Some((owner, _)) if owner == id => leaving.take().map(|(_, h)| h),
+                _ => None,
+            }
+        };
+        if let Some(h) = pending {
+            let _ = h.await;
+            return;
+        }
         let joined = {
             let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {
@@ -414,6 +436,35 @@ impl TaskService {
         };
         if let Some(j) = joined {
             let _ = tokio::task::spawn_blocking(move || j.leave()).await;
+        }
+    }
+
+    /// Starts leaving the cgroup as soon as its container has exited, when
+    /// no other guest of this shim still runs in it: moving a process
+    /// between cgroups waits for an RCU grace period (10 ms and more), which
+    /// then passes while the client reacts to the exit rather than inside
+    /// its Delete.
+    async fn leave_cgroup_early(&self, id: &str) {
+        let others_run = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|c| c.id != id && !matches!(c.state(), State::Stopped { .. }));
+        if others_run {
+            return;
+        }
+        let joined = {
+            let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some((owner, _)) if owner == id => slot.take().map(|(_, j)| j),
+                _ => None,
+            }
+        };
+        if let Some(j) = joined {
+            let h = tokio::task::spawn_blocking(move || j.leave());
+            *self.inner.leaving.lock().await = Some((id.to_string(), h));
         }
     }
 
@@ -499,6 +550,7 @@ impl TaskService {
                 }
             }
             svc.exited(&c, status, oom).await;
+            svc.leave_cgroup_early(&c.id).await;
         });
         Ok(api::StartResponse {
             pid: self.inner.pid,

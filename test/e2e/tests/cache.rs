@@ -19,8 +19,18 @@ fn second_start_hits_the_cache_and_corruption_is_repaired() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o700, "cache dir is private");
 
+    // The rootfs file's identity (through the overlay, the snapshotter's
+    // filesystem and the real inode) is recorded with the entry's digest.
+    let ids: Vec<_> = std::fs::read_dir(c.dir.path().join("cache/ids")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let digest: String = std::fs::read(&ids[0]).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let name = e[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&format!("{digest}-")), "{name} is named by {digest}");
+
     c.run("second", &[], &["/hello.wasm"]).ok();
-    assert!(c.log().contains("compile cache Hit"), "second start loads from the cache");
+    let log = c.log();
+    assert!(log.contains("compile cache Hit"), "second start loads from the cache");
+    assert!(log.contains("/hello.wasm: digest known from the file's identity, not read"), "second start does not hash the Wasm");
 
     // Corrupt the entry: the next start still runs, from a fresh compile.
     let mut data = std::fs::read(&e[0]).unwrap();
