@@ -416,15 +416,13 @@ impl TaskService {
 
     /// Leaves and removes the cgroup if container `id` owns it.
     async fn leave_cgroup(&self, id: &str) {
-        let pending = {
-            let mut leaving = self.inner.leaving.lock().await;
-            match leaving.as_ref() {
-                Some((owner, _)) if owner == id => leaving.take().map(|(_, h)| h),
-                _ => None,
+        // Held throughout, so that a leave started at exit is either seen
+        // here and waited for, or not started at all.
+        let mut leaving = self.inner.leaving.lock().await;
+        if leaving.as_ref().is_some_and(|(owner, _)| owner == id) {
+            if let Some((_, h)) = leaving.take() {
+                let _ = h.await;
             }
-        };
-        if let Some(h) = pending {
-            let _ = h.await;
             return;
         }
         let joined = {
@@ -455,6 +453,7 @@ impl TaskService {
         if others_run {
             return;
         }
+        let mut leaving = self.inner.leaving.lock().await;
         let joined = {
             let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {
@@ -463,8 +462,7 @@ impl TaskService {
             }
         };
         if let Some(j) = joined {
-            let h = tokio::task::spawn_blocking(move || j.leave());
-            *self.inner.leaving.lock().await = Some((id.to_string(), h));
+            *leaving = Some((id.to_string(), tokio::task::spawn_blocking(move || j.leave())));
         }
     }
 
