@@ -414,6 +414,15 @@ impl TaskService {
         }
     }
 
+    /// The cgroup this shim joined, taken if container `id` owns it.
+    fn take_cgroup(&self, id: &str) -> Option<crate::sys::cgroup::Joined> {
+        let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((owner, _)) if owner == id => slot.take().map(|(_, j)| j),
+            _ => None,
+        }
+    }
+
     /// Leaves and removes the cgroup if container `id` owns it.
     async fn leave_cgroup(&self, id: &str) {
         // Held throughout, so that a leave started at exit is either seen
@@ -425,13 +434,7 @@ impl TaskService {
             }
             return;
         }
-        let joined = {
-            let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
-            match slot.as_ref() {
-                Some((owner, _)) if owner == id => slot.take().map(|(_, j)| j),
-                _ => None,
-            }
-        };
+        let joined = self.take_cgroup(id);
         if let Some(j) = joined {
             let _ = tokio::task::spawn_blocking(move || j.leave()).await;
         }
@@ -454,13 +457,7 @@ impl TaskService {
             return;
         }
         let mut leaving = self.inner.leaving.lock().await;
-        let joined = {
-            let mut slot = self.inner.cgroup.lock().unwrap_or_else(|p| p.into_inner());
-            match slot.as_ref() {
-                Some((owner, _)) if owner == id => slot.take().map(|(_, j)| j),
-                _ => None,
-            }
-        };
+        let joined = self.take_cgroup(id);
         if let Some(j) = joined {
             *leaving = Some((id.to_string(), tokio::task::spawn_blocking(move || j.leave())));
         }
