@@ -547,6 +547,16 @@ impl TaskService {
             svc.exited(&c, status, oom).await;
             svc.leave_cgroup_early(&c.id).await;
         });
+        // Once the guest runs, the shim mostly waits: give back what starting
+        // it cost (freed heap, and the mapped code that ran once).
+        tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let _ = tokio::task::spawn_blocking(|| {
+                crate::sys::process::trim_heap();
+                crate::sys::process::release_code_pages();
+            })
+            .await;
+        });
         Ok(api::StartResponse {
             pid: self.inner.pid,
             ..Default::default()

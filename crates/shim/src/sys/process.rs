@@ -37,3 +37,110 @@ pub fn limit_malloc_arenas() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
+
+/// Drops this process's page-table entries for the pages of its own
+/// executable that it maps read-only and has never modified: the code and
+/// constant data that starting a container touched (the Wasm loader, the
+/// linker, the task API's handlers) and that an idle container does not
+/// run. The pages stay in the page cache, shared with every other shim; one
+/// that is needed again is mapped back by the next page fault, from memory.
+/// What a process maps counts in its resident and proportional set, so an
+/// idle shim would otherwise keep paying for code it ran once.
+///
+/// Mappings holding any private (written) page are left alone: the
+/// relocated read-only data (RELRO) is such a mapping, and dropping its
+/// pages would bring back the file's unrelocated bytes.
+pub fn release_code_pages() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return };
+    let mut released = 0usize;
+    for (range, clean) in exe_mappings(&smaps, &exe.to_string_lossy()) {
+        if !clean {
+            continue;
+        }
+        // SAFETY: the range is a whole mapping of this process's executable
+        // that is not writable and holds no private page (checked above;
+        // without write permission none can appear). MADV_DONTNEED on such a
+        // mapping only unmaps page-cache pages, which the next access maps
+        // again with the same content.
+        let rc = unsafe { libc::madvise(range.0 as *mut libc::c_void, range.1 - range.0, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            released += range.1 - range.0;
+        }
+    }
+    log::debug!("released {} KiB of mapped executable pages", released >> 10);
+}
+
+/// The mappings of `exe` in `smaps` that are not writable, each with
+/// whether it is clean (no private page: `Anonymous: 0 kB`).
+fn exe_mappings(smaps: &str, exe: &str) -> Vec<((usize, usize), bool)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-').filter(|(a, _)| a.chars().all(|c| c.is_ascii_hexdigit())) {
+            current = None;
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            if path == exe && !perms.contains('w') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                    current = Some((a, b));
+                }
+            }
+        } else if first == "Anonymous:" {
+            if let Some(r) = current.take() {
+                out.push((r, fields.next() == Some("0")));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_clean_read_only_mappings_of_the_executable() {
+        let smaps = "\
+55d0a0000000-55d0a0100000 r--p 00000000 fe:00 123 /usr/bin/shim
+Size:               1024 kB
+Anonymous:             0 kB
+55d0a0100000-55d0a0900000 r-xp 00100000 fe:00 123 /usr/bin/shim
+Size:               8192 kB
+Anonymous:             0 kB
+55d0a0900000-55d0a0a00000 r--p 00900000 fe:00 123 /usr/bin/shim
+Size:               1024 kB
+Anonymous:           512 kB
+55d0a0a00000-55d0a0a10000 rw-p 00a00000 fe:00 123 /usr/bin/shim
+Size:                 64 kB
+Anonymous:            64 kB
+7f0000000000-7f0000100000 r-xp 00000000 fe:00 456 /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:               1024 kB
+Anonymous:             0 kB
+7f0000200000-7f0000300000 r--p 00000000 00:00 0 
+Anonymous:             0 kB
+";
+        let got = exe_mappings(smaps, "/usr/bin/shim");
+        assert_eq!(
+            got,
+            vec![
+                ((0x55d0a0000000, 0x55d0a0100000), true),
+                ((0x55d0a0100000, 0x55d0a0900000), true),
+                ((0x55d0a0900000, 0x55d0a0a00000), false), // RELRO: relocated, kept
+            ]
+        );
+    }
+
+    #[test]
+    fn releasing_keeps_the_process_working() {
+        release_code_pages();
+        // Code and constants come back on use.
+        let v: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
+        assert_eq!(v[255], "ff");
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(!exe_mappings(&smaps, &exe.to_string_lossy()).is_empty(), "the test binary's own mappings are found");
+    }
+}
