@@ -434,8 +434,8 @@ fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, crate::EngineError> {
 // same configuration, in this process or in a child running this same
 // binary (in memory, or written and reopened by this process), or
 // it is an entry this cache wrote (in a root-only directory, through temp
-// file + rename, never modified in place) whose length and BLAKE3 matched the
-// checksum recorded at write time, read through the same open file that is
+// file + rename, never modified in place) whose length and XXH3-128 matched
+// the checksum recorded at write time, read through the same open file that is
 // then mapped. Wasmtime also checks that the artifact was made by a
 // compatible engine before using it.
 

@@ -194,11 +194,10 @@ impl Engine {
     }
 
     /// [`prepare`](Self::prepare) for a file of a container's rootfs. With a
-    /// compile cache, a start that finds the file compiled only hashes it
-    /// (through a small buffer) instead of reading it into memory.
-    ///
-    /// `id`, the file's identity, lets a start that has seen this very file
-    /// before skip even the hashing (see [`cache`]).
+    /// compile cache, a start that finds the file compiled does not read it
+    /// into memory: it hashes it through a small buffer or, when `id` (the
+    /// file's identity) was seen before, does not read it at all (see
+    /// [`cache`]).
     pub fn prepare_file(&self, wasm: &wasmcell_oci::WasmFile, id: Option<wasmcell_oci::FileId>) -> Result<Program, EngineError> {
         let digest = match &self.inner.cache {
             Some(cache) => Some(match id.as_ref().and_then(|i| cache.known_digest(i)) {

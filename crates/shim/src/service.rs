@@ -290,9 +290,10 @@ impl TaskService {
         let engine = self.engine_with(req.options.as_ref())?;
         let prepared = match opened {
             Ok(file) => {
-                let layers_dev = rootfs::layers_dev(&req.rootfs);
+                // Its stats of the layer directories block too.
+                let mounts = req.rootfs.clone();
                 tokio::task::spawn_blocking(move || {
-                    let id = file.id(layers_dev);
+                    let id = file.id(rootfs::layers_dev(&mounts));
                     engine.prepare_file(&file, id)
                 })
                 .await
@@ -434,8 +435,7 @@ impl TaskService {
             }
             return;
         }
-        let joined = self.take_cgroup(id);
-        if let Some(j) = joined {
+        if let Some(j) = self.take_cgroup(id) {
             let _ = tokio::task::spawn_blocking(move || j.leave()).await;
         }
     }
@@ -457,8 +457,7 @@ impl TaskService {
             return;
         }
         let mut leaving = self.inner.leaving.lock().await;
-        let joined = self.take_cgroup(id);
-        if let Some(j) = joined {
+        if let Some(j) = self.take_cgroup(id) {
             *leaving = Some((id.to_string(), tokio::task::spawn_blocking(move || j.leave())));
         }
     }
