@@ -33,7 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -110,12 +110,20 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> String {
 }
 
 impl Cache {
+    /// Opens (creating it 0700 if missing) the cache directory. Entries are
+    /// native code that this process maps and runs, so the directory is the
+    /// trust boundary: it is refused (the caller then runs without a cache)
+    /// unless it and every directory above it are owned by this process's
+    /// user or root and writable by nobody else (a sticky directory such as
+    /// `/tmp` is allowed above it, as it lets no one else rename what is in
+    /// it). Nothing in a refused directory is read.
     pub fn open(config: CacheConfig, engine: &wasmtime::Engine) -> Result<Self, String> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&config.dir)
             .map_err(|e| io("create cache dir", &config.dir, e))?;
+        check_trusted(&config.dir, nix::unistd::geteuid().as_raw())?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
@@ -207,7 +215,7 @@ impl Cache {
     ) -> Result<(Artifact, Outcome), E> {
         let path = self.entry(digest, kind);
         if let Ok(Some(f)) = Self::read(&path) {
-            return Ok((Artifact::File(f), Outcome::Hit));
+            return Ok((Artifact(Art::File(f)), Outcome::Hit));
         }
         let lock_path = path.with_extension("lock");
         let lock = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&lock_path);
@@ -221,7 +229,7 @@ impl Cache {
         // Someone may have compiled it while we waited for the lock.
         let mut outcome = Outcome::Compiled;
         match Self::read(&path) {
-            Ok(Some(f)) => return Ok((Artifact::File(f), Outcome::Hit)),
+            Ok(Some(f)) => return Ok((Artifact(Art::File(f)), Outcome::Hit)),
             Ok(None) => {}
             Err(e) => {
                 log::warn!("compile cache: {e}; discarding the entry");
@@ -237,12 +245,12 @@ impl Cache {
                 // Loaded from the file just written, so that even the first
                 // start shares its code pages with the next ones.
                 if let Ok(f) = File::open(&path) {
-                    return Ok((Artifact::File(f), outcome));
+                    return Ok((Artifact(Art::File(f)), outcome));
                 }
             }
             Err(e) => log::warn!("compile cache: {e}; continuing without caching"),
         }
-        Ok((Artifact::Bytes(bytes), outcome))
+        Ok((Artifact::compiled(bytes), outcome))
     }
 
     fn id_path(&self, id: &FileId) -> PathBuf {
@@ -333,11 +341,45 @@ impl Cache {
             .unwrap_or(0)
     }
 
-    /// Checks the directory is private (0700); the cache refuses to load
-    /// from a directory others could write to.
-    pub fn is_private(&self) -> bool {
-        std::fs::metadata(&self.config.dir).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+}
+
+/// Whether the cache directory `dir` may be trusted by a process of user
+/// `uid`; see [`Cache::open`]. The reason when not.
+fn check_trusted(dir: &Path, uid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::fs::canonicalize(dir).map_err(|e| io("resolve cache dir", dir, e))?;
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| io("cache dir", &dir, e))?;
+    if !meta.is_dir() {
+        return Err(format!("cache dir {} is not a directory", dir.display()));
     }
+    if meta.uid() != uid {
+        return Err(format!(
+            "cache dir {} is owned by uid {}, not by this shim's uid {uid}: refusing to load native code from it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "cache dir {} is writable by group or others (mode {:o}): refusing to load native code from it; chmod 700 it",
+            dir.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    for up in dir.ancestors().skip(1) {
+        let m = std::fs::metadata(up).map_err(|e| io("cache dir parent", up, e))?;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (m.uid() != uid && m.uid() != 0) || others_write {
+            return Err(format!(
+                "{} (above cache dir {}) is owned by uid {} with mode {:o}: another user could replace the cache; refusing it",
+                up.display(),
+                dir.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The cache key of Wasm bytes.
@@ -393,9 +435,14 @@ fn each_block(f: &File, mut eat: impl FnMut(&[u8])) -> std::io::Result<()> {
     }
 }
 
-/// A compiled artifact, ready to load.
+/// A compiled artifact, ready to load: native code that is only ever
+/// deserialized through this type, which only the cache (a verified entry)
+/// and this crate's compile path (`Artifact::compiled`) can make.
 #[derive(Debug)]
-pub enum Artifact {
+pub struct Artifact(Art);
+
+#[derive(Debug)]
+enum Art {
     /// An entry of the cache, verified against its checksum; loaded by
     /// mapping it.
     File(File),
@@ -404,11 +451,22 @@ pub enum Artifact {
 }
 
 impl Artifact {
-    /// The artifact's bytes (a copy of the file for [`Artifact::File`]).
+    /// What `Engine::precompile` (or the shim's compiler child running this
+    /// same engine configuration) just produced.
+    pub(crate) fn compiled(bytes: Vec<u8>) -> Self {
+        Artifact(Art::Bytes(bytes))
+    }
+
+    /// Whether this is a cache entry (mapped), rather than bytes in memory.
+    pub fn is_cached_file(&self) -> bool {
+        matches!(self.0, Art::File(_))
+    }
+
+    /// The artifact's bytes (a copy of the file for a cache entry).
     pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Artifact::Bytes(b) => Ok(b.clone()),
-            Artifact::File(f) => {
+        match &self.0 {
+            Art::Bytes(b) => Ok(b.clone()),
+            Art::File(f) => {
                 use std::os::unix::fs::FileExt;
                 let mut v = vec![0u8; f.metadata()?.len() as usize];
                 f.read_exact_at(&mut v, 0).map(|()| v)
@@ -445,9 +503,9 @@ pub(crate) fn load_component(
     artifact: &Artifact,
 ) -> Result<wasmtime::component::Component, crate::EngineError> {
     use wasmtime::component::Component;
-    match artifact {
-        Artifact::Bytes(b) => loaded(unsafe { Component::deserialize(engine, b) }),
-        Artifact::File(f) => match unsafe { Component::deserialize_file(engine, fd_path(f)) } {
+    match &artifact.0 {
+        Art::Bytes(b) => loaded(unsafe { Component::deserialize(engine, b) }),
+        Art::File(f) => match unsafe { Component::deserialize_file(engine, fd_path(f)) } {
             Ok(c) => Ok(c),
             // No /proc (an unusual host): the verified bytes, copied.
             Err(_) if !Path::new("/proc/self/fd").exists() => {
@@ -462,9 +520,9 @@ pub(crate) fn load_component(
 /// Loads a module artifact returned by [`Cache::get_or_compile`].
 pub(crate) fn load_module(engine: &wasmtime::Engine, artifact: &Artifact) -> Result<wasmtime::Module, crate::EngineError> {
     use wasmtime::Module;
-    match artifact {
-        Artifact::Bytes(b) => loaded(unsafe { Module::deserialize(engine, b) }),
-        Artifact::File(f) => {
+    match &artifact.0 {
+        Art::Bytes(b) => loaded(unsafe { Module::deserialize(engine, b) }),
+        Art::File(f) => {
             let f = f.try_clone().map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e}")))?;
             loaded(unsafe { Module::deserialize_open_file(engine, f) })
         }
@@ -474,6 +532,7 @@ pub(crate) fn load_module(engine: &wasmtime::Engine, artifact: &Artifact) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -531,15 +590,49 @@ mod tests {
         assert_eq!(c.known_digest(&file_id(100 + MAX_IDS as u64)), Some(digest(b"x")), "the newest stays");
     }
 
+    /// The trust boundary: a cache dir that another user could write to (or
+    /// replace) is refused, and nothing in it is loaded.
+    #[test]
+    fn untrusted_directories_are_refused() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_trusted(&dir, uid).unwrap();
+        for mode in [0o770, 0o707, 0o777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = check_trusted(&dir, uid).unwrap_err();
+            assert!(e.contains("writable by group or others"), "{mode:o}: {e}");
+            let engine = wasmtime::Engine::default();
+            let opened = Cache::open(CacheConfig { dir: dir.clone(), max_bytes: 1 << 20 }, &engine);
+            assert!(opened.is_err(), "Cache::open must refuse mode {mode:o}");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = check_trusted(&dir, uid + 1).unwrap_err();
+        assert!(e.contains("owned by uid"), "{e}");
+        // A parent others can write to (and not sticky) lets them swap it.
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_trusted(&dir, uid).unwrap_err();
+        assert!(e.contains("another user could replace"), "{e}");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        check_trusted(&dir, uid).unwrap();
+        // A symlink to a trusted dir is judged by what it points at.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        check_trusted(&link, uid).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+
     #[test]
     fn miss_then_hit() {
         let d = tempfile::tempdir().unwrap();
         let c = cache(d.path(), 1 << 20);
-        assert!(c.is_private());
+        assert_eq!(std::fs::metadata(c.dir()).unwrap().permissions().mode() & 0o777, 0o700);
         let r = bytes(get(&c, b"wasm-a", WasmKind::Module, || Ok(b"artifact-a".to_vec())).unwrap());
         assert_eq!(r, (b"artifact-a".to_vec(), Outcome::Compiled));
         let (a, o) = get(&c, b"wasm-a", WasmKind::Module, || panic!("must not compile")).unwrap();
-        assert!(matches!(a, Artifact::File(_)), "a hit is the cache file itself, to be mapped");
+        assert!(a.is_cached_file(), "a hit is the cache file itself, to be mapped");
         assert_eq!(bytes((a, o)), (b"artifact-a".to_vec(), Outcome::Hit));
         // Same bytes as a component are another entry.
         let (_, o) = get(&c, b"wasm-a", WasmKind::Component, || Ok(b"c".to_vec())).unwrap();
@@ -641,7 +734,7 @@ mod tests {
         std::fs::set_permissions(c.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::create_dir(c.entry(&digest(b"x"), WasmKind::Module)).unwrap();
         let (a, _) = get(&c, b"x", WasmKind::Module, || Ok(b"ok".to_vec())).unwrap();
-        assert!(matches!(&a, Artifact::Bytes(b) if b == b"ok"), "{a:?}");
+        assert!(!a.is_cached_file() && a.to_vec().unwrap() == b"ok", "{a:?}");
         let left: Vec<_> = std::fs::read_dir(c.dir()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert!(
             left.iter().all(|n| n.to_string_lossy().ends_with(".lock") || n.to_string_lossy().ends_with(".cwasm")),

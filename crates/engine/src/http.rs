@@ -220,12 +220,7 @@ impl Engine {
         listener: std::net::TcpListener,
         mut stop: watch::Receiver<bool>,
     ) -> Result<Exit, EngineError> {
-        if stats.memory_cap().is_none() {
-            stats.set_memory_cap(config.limits.memory_bytes);
-        }
-        if stats.cpu_quota().is_none() {
-            stats.set_cpu_quota(config.limits.cpu);
-        }
+        // The live limits are `stats`' (see `Engine::run`).
         let ctx_err = |e: std::io::Error| EngineError::Context { what: "listener".into(), reason: e.to_string() };
         listener.set_nonblocking(true).map_err(ctx_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(ctx_err)?;

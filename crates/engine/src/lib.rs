@@ -12,6 +12,7 @@ pub mod cache;
 mod ctx;
 mod error;
 mod fairshare;
+mod fsguard;
 pub mod http;
 mod limiter;
 mod run;
@@ -137,6 +138,7 @@ impl Engine {
 
         let mut components = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(EngineError::setup)?;
+        fsguard::guard_p2(&mut components).map_err(EngineError::setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components).map_err(EngineError::setup)?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| &mut s.wasi)
@@ -248,7 +250,7 @@ impl Engine {
                 log::debug!("{kind:?}: compile cache {outcome:?}");
                 Source::Artifact(artifact)
             }
-            _ if self.inner.compiler.is_some() => Source::Artifact(cache::Artifact::Bytes(self.compile(&wasm()?, kind)?)),
+            _ if self.inner.compiler.is_some() => Source::Artifact(cache::Artifact::compiled(self.compile(&wasm()?, kind)?)),
             _ => Source::Wasm(wasm()?),
         };
         match kind {

@@ -36,6 +36,16 @@ pub struct GuestStats {
 }
 
 impl GuestStats {
+    /// Figures of a new guest whose live limits start as `limits` (Update
+    /// changes them later).
+    pub fn for_limits(limits: &wasmcell_grants::Limits) -> Self {
+        let s = GuestStats::default();
+        s.set_memory_cap(limits.memory_bytes);
+        s.set_cpu_quota(limits.cpu);
+        s.set_cpu_shares(limits.cpu_shares);
+        s
+    }
+
     pub fn set_memory_cap(&self, bytes: Option<u64>) {
         self.memory_cap.store(bytes.unwrap_or(0), Ordering::Relaxed);
     }
@@ -83,18 +93,26 @@ impl MemoryLimiter {
 
     fn grow(&mut self, current: usize, desired: usize) -> bool {
         let delta = desired.saturating_sub(current) as u64;
-        let used = self.stats.memory_bytes.load(Ordering::Relaxed);
-        if let Some(cap) = self.stats.memory_cap() {
-            if used.saturating_add(delta) > cap {
+        let cap = self.stats.memory_cap();
+        // Check and charge in one atomic step: the instances of an HTTP
+        // component grow concurrently against one counter, and a load, a
+        // check and a separate add would let them overshoot the cap together.
+        let charged = self.stats.memory_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            let now = used.saturating_add(delta);
+            cap.is_none_or(|cap| now <= cap).then_some(now)
+        });
+        match charged {
+            Ok(before) => {
+                self.mine += delta;
+                self.stats.memory_max_bytes.fetch_max(before + delta, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
                 self.stats.oom.store(true, Ordering::Relaxed);
                 self.stats.oom_events.fetch_add(1, Ordering::Relaxed);
-                return false;
+                false
             }
         }
-        self.mine += delta;
-        let now = self.stats.memory_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
-        self.stats.memory_max_bytes.fetch_max(now, Ordering::Relaxed);
-        true
     }
 }
 
@@ -142,6 +160,38 @@ mod tests {
         assert!(stats.oom.load(Ordering::Relaxed));
         assert_eq!(stats.memory_bytes.load(Ordering::Relaxed), 100);
         assert!(!l.memory_growing(0, 10, Some(5)).unwrap());
+    }
+
+    /// Many stores (an HTTP component's instances) growing at once against
+    /// one cap never exceed it together.
+    #[test]
+    fn concurrent_growths_never_exceed_the_cap() {
+        const CAP: u64 = 64 << 10;
+        for _ in 0..50 {
+            let stats = Arc::new(GuestStats::default());
+            stats.set_memory_cap(Some(CAP));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let stats = stats.clone();
+                    std::thread::spawn(move || {
+                        let mut l = MemoryLimiter::new(stats.clone());
+                        let mut have = 0;
+                        for _ in 0..64 {
+                            if l.memory_growing(have, have + 1024, None).unwrap() {
+                                have += 1024;
+                            }
+                            assert!(stats.memory_bytes.load(Ordering::Relaxed) <= CAP);
+                        }
+                        l
+                    })
+                })
+                .collect();
+            let limiters: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(stats.memory_bytes.load(Ordering::Relaxed), CAP, "the cap is reached exactly");
+            assert!(stats.memory_max_bytes.load(Ordering::Relaxed) <= CAP);
+            drop(limiters);
+            assert_eq!(stats.memory_bytes.load(Ordering::Relaxed), 0);
+        }
     }
 
     #[test]

@@ -154,17 +154,9 @@ impl Engine {
         stats: Arc<GuestStats>,
     ) -> Result<Exit, EngineError> {
         let _running = self.inner.ticker.running();
-        // The grants give the initial limits unless the caller (Update) has
-        // already set live ones.
-        if stats.memory_cap().is_none() {
-            stats.set_memory_cap(config.limits.memory_bytes);
-        }
-        if stats.cpu_quota().is_none() {
-            stats.set_cpu_quota(config.limits.cpu);
-        }
-        if stats.cpu_shares() == crate::DEFAULT_SHARES && config.limits.cpu_shares.is_some() {
-            stats.set_cpu_shares(config.limits.cpu_shares);
-        }
+        // The live limits are `stats`' (`GuestStats::for_limits` at Create,
+        // then Update's): an Update before Start, a cleared limit included,
+        // holds.
         // A second handle on stderr, for the shim's own word on a trap.
         let stderr_note: Option<OwnedFd> = io.stderr.as_ref().and_then(|fd| fd.try_clone().ok());
         let builder = config.builder(io)?;
@@ -194,7 +186,7 @@ impl Engine {
             Exit::Trap(m) => Some(format!("wasmcell: guest trapped: {m}\n")),
             Exit::OutOfMemory(m) => Some(format!(
                 "wasmcell: guest exceeded its memory limit ({} bytes): {m}\n",
-                config.limits.memory_bytes.unwrap_or(0)
+                stats.memory_cap().unwrap_or(0)
             )),
         };
         if let (Some(note), Some(fd)) = (note, stderr_note) {

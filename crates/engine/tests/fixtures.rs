@@ -125,7 +125,7 @@ fn memory_cap_turns_a_bomb_into_out_of_memory() {
     let d = tmp();
     let mut cfg = config(d.path(), &["probe", "alloc", "256"]);
     cfg.limits.memory_bytes = Some(32 << 20);
-    let stats = Arc::new(GuestStats::default());
+    let stats = Arc::new(GuestStats::for_limits(&cfg.limits));
     let c = run(&e, &fixture("probe.wasm"), cfg, stats.clone());
     let exit = c.exit.unwrap();
     assert!(matches!(exit, Exit::OutOfMemory(_)), "{exit:?} {}", c.stderr);
@@ -175,4 +175,44 @@ fn over_the_instance_limits_is_not_called_invalid() {
     let msg = err.to_string();
     assert!(msg.contains("per-instance limits") && msg.contains("tables"), "{msg}");
     assert!(!msg.contains("invalid WebAssembly"), "{msg}");
+}
+
+/// The WASI layer alone (no nodev mount under it): a component cannot open a
+/// device node, a fifo or a socket in its preopens, while a file beside them
+/// opens. The host can open the same device node, so the refusal is ours.
+#[test]
+fn a_component_opens_only_files_directories_and_symlinks() {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    assert!(nix::unistd::geteuid().is_root(), "this test makes device nodes: run it as root");
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    mknod(&d.path().join("null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
+    nix::unistd::mkfifo(&d.path().join("fifo"), Mode::from_bits_truncate(0o666)).unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(d.path().join("sock")).unwrap();
+    std::fs::write(d.path().join("file"), "plain").unwrap();
+    std::os::unix::fs::symlink("null", d.path().join("link-to-null")).unwrap();
+    assert!(std::fs::File::open(d.path().join("null")).is_ok(), "the host itself may open the node here");
+    let cfg = config(
+        d.path(),
+        &["probe", "read", "/null", "write", "/null", "read", "/sock", "read", "/link-to-null", "read", "/file"],
+    );
+    let c = run(&e, &fixture("probe.wasm"), cfg, Arc::new(GuestStats::default()));
+    for action in ["read /null", "write /null", "read /sock", "read /link-to-null"] {
+        let line = c.stdout.lines().find(|l| l.starts_with(action)).unwrap_or_else(|| panic!("{action}: {}", c.stdout));
+        assert!(line.contains("denied: Permission denied"), "{line}");
+    }
+    assert!(c.stdout.contains("read /file: ok 5 bytes: plain"), "{}", c.stdout);
+    // A fifo without a writer would block its open for ever: refused before.
+    let cfg = config(d.path(), &["probe", "read", "/fifo", "write", "/fifo"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(&e, &fixture("probe.wasm"), cfg, Arc::new(GuestStats::default())).stdout);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("opening a fifo blocked the guest: it must be refused before the open");
+    for action in ["read /fifo", "write /fifo"] {
+        let line = out.lines().find(|l| l.starts_with(action)).unwrap_or_else(|| panic!("{action}: {out}"));
+        assert!(line.contains("denied: Permission denied"), "{line}");
+    }
 }

@@ -1,4 +1,4 @@
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::GrantError;
 
@@ -35,9 +35,21 @@ impl CpuQuota {
 const DEFAULT_PERIOD_US: u64 = 100_000;
 
 pub(crate) fn limits(spec: &Spec) -> Result<Limits, GrantError> {
-    let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
-        return Ok(Limits::default());
-    };
+    match spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        Some(res) => Limits::from_resources(res),
+        None => Ok(Limits::default()),
+    }
+}
+
+impl Limits {
+    /// The limits `linux.resources` asks for: the one rule that Create (the
+    /// spec) and Update (new resources for a live container) both follow.
+    pub fn from_resources(res: &LinuxResources) -> Result<Limits, GrantError> {
+        from_resources(res)
+    }
+}
+
+fn from_resources(res: &LinuxResources) -> Result<Limits, GrantError> {
     let memory_bytes = res
         .memory()
         .as_ref()

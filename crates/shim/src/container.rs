@@ -99,6 +99,7 @@ fn cleanup(bundle: &Path, rootfs_mount: Option<&Path>) {
     if let Some(r) = rootfs_mount {
         rootfs::unmount(r);
     }
+    rootfs::remove_views(bundle);
     let private = private_dir(bundle);
     if private.exists() {
         if let Err(e) = std::fs::remove_dir_all(&private) {

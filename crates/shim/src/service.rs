@@ -1,7 +1,7 @@
 //! The task service: containerd's shim v2 task API over ttrpc.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -213,7 +213,7 @@ impl TaskService {
         let prepared = if let Role::Sandbox { .. } = grants.role {
             Ok((Workload::Pause, None))
         } else {
-            self.prepare_wasm(req, grants, &bundle).await
+            self.prepare_wasm(req, grants, &bundle, mounted_rootfs.as_deref()).await
         };
         let (workload, listener) = match prepared {
             Ok(p) => p,
@@ -223,10 +223,7 @@ impl TaskService {
                 return Err(e);
             }
         };
-        let stats = Arc::new(GuestStats::default());
-        stats.set_memory_cap(grants.limits.memory_bytes);
-        stats.set_cpu_quota(grants.limits.cpu);
-        stats.set_cpu_shares(grants.limits.cpu_shares);
+        let stats = Arc::new(GuestStats::for_limits(&grants.limits));
         Ok(Container {
             id: req.id.clone(),
             bundle,
@@ -280,7 +277,8 @@ impl TaskService {
         &self,
         req: &api::CreateTaskRequest,
         grants: &Grants,
-        bundle: &std::path::Path,
+        bundle: &Path,
+        mounted_rootfs: Option<&Path>,
     ) -> Result<(Workload, Option<std::net::TcpListener>), ShimError> {
         let rootfs = grants.root.host().expect("root is a host dir").to_path_buf();
         let entry = grants.program.entrypoint.clone();
@@ -307,7 +305,13 @@ impl TaskService {
         };
         let program = prepared.map_err(|e| ShimError::Internal(e.to_string()))??;
         let scope = socket_scope(&grants.network, &netns::joined());
-        let config = GuestConfig::from_grants(grants, &private_dir(bundle), scope)?;
+        let mut config = GuestConfig::from_grants(grants, &private_dir(bundle), scope)?;
+        let (b, mounted) = (bundle.to_path_buf(), mounted_rootfs.map(Path::to_path_buf));
+        let config = tokio::task::spawn_blocking(move || {
+            rootfs::harden_preopens(&mut config, &b, mounted.as_deref(), &private_dir(&b)).map(|()| config)
+        })
+        .await
+        .map_err(|e| ShimError::Internal(e.to_string()))??;
         let listener = if program.is_server() {
             Some(listen(grants, scope)?)
         } else {
@@ -343,7 +347,7 @@ impl TaskService {
             None
         } else {
             let target = bundle.join("rootfs");
-            rootfs::mount(&req.rootfs, &target).await?;
+            rootfs::mount(&req.rootfs, &target, grants.root.readonly).await?;
             Some(target)
         };
         let container = match self.prepare(&req, &grants, mounted.clone()).await {
@@ -352,6 +356,7 @@ impl TaskService {
                 if let Some(m) = &mounted {
                     rootfs::unmount(m);
                 }
+                rootfs::remove_views(&bundle);
                 let _ = std::fs::remove_dir_all(private_dir(&bundle));
                 self.leave_cgroup(&req.id).await;
                 return Err(e);
@@ -674,17 +679,16 @@ impl TaskService {
         };
         let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
             .map_err(|e| ShimError::InvalidArgument(format!("resources are not a LinuxResources JSON object: {e}")))?;
-        if let Some(limit) = res.memory().as_ref().and_then(|m| m.limit()) {
-            c.stats.set_memory_cap((limit > 0).then_some(limit as u64));
+        // Create's rule (a bad period is refused, not replaced), applied to
+        // the sections the request carries.
+        let lim = wasmcell_grants::Limits::from_resources(&res).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+        if res.memory().as_ref().and_then(|m| m.limit()).is_some() {
+            c.stats.set_memory_cap(lim.memory_bytes);
         }
-        if let Some(cpu) = res.cpu() {
-            let quota = cpu.quota().filter(|q| *q > 0).map(|q| wasmcell_grants::CpuQuota {
-                quota_us: q as u64,
-                period_us: cpu.period().filter(|p| (1_000..=1_000_000).contains(p)).unwrap_or(100_000),
-            });
-            c.stats.set_cpu_quota(quota);
-            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-                c.stats.set_cpu_shares(Some(shares));
+        if res.cpu().is_some() {
+            c.stats.set_cpu_quota(lim.cpu);
+            if lim.cpu_shares.is_some() {
+                c.stats.set_cpu_shares(lim.cpu_shares);
             }
         }
         log::info!("update id={}", c.id);

@@ -246,7 +246,7 @@ impl Cri {
     /// CRI learns about imported images from containerd's events, one per
     /// reference: 2.x may list an image by its ID before its name arrives
     /// (`repo_tags: []`), and a lookup by name fails until then.
-    fn wait_images_tagged(&self, names: &[&str]) {
+    pub fn wait_images_tagged(&self, names: &[&str]) {
         let all_tagged = |images: &Vec<cri::Image>| {
             names.iter().all(|n| images.iter().any(|i| i.repo_tags.iter().any(|t| t.ends_with(n))))
         };

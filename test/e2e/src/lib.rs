@@ -22,6 +22,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod cri;
+pub mod hostile;
 pub mod wait;
 
 pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
@@ -484,12 +485,19 @@ state = "{d}/state"
 
     /// Builds an image with `wasmcell image build` from `files` and imports it.
     pub fn import_image(&self, name: &str, files: &[String], extra: &[&str]) {
+        let tar = self.build_image(name, files, extra);
+        self.ctr(&["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
+    }
+
+    /// Builds an image tarball with `wasmcell image build` from `files`
+    /// (in this test's directory) and returns its path.
+    pub fn build_image(&self, name: &str, files: &[String], extra: &[&str]) -> PathBuf {
         let tar = self.dir.path().join(format!("img-{}.tar", name.replace(['/', ':'], "_")));
         let mut cmd = Command::new(target_dir().join("wasmcell"));
         cmd.args(["image", "build", "-t", name, "-o"]).arg(&tar).args(extra).args(files);
         let out = Ran::from(cmd.output().expect("run wasmcell"));
         out.ok();
-        self.ctr(&["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
+        tar
     }
 
     /// Imports the fixtures image (for tests that prepare the directory first).

@@ -3,5 +3,6 @@
 
 pub mod cgroup;
 pub mod confine;
+pub mod mount;
 pub mod netns;
 pub mod process;

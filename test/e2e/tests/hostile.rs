@@ -1,0 +1,120 @@
+//! A hostile tenant, through ctr and CRI: what an image or a guest brings
+//! must not reach the host. Each test names the attack it repeats.
+
+use wasmcell_e2e::cri::{Cri, K8S_NS};
+use wasmcell_e2e::hostile::{add_layer, mount_options_below, LoopDevice, DISK_SECRET};
+use wasmcell_e2e::{fixtures_dir, Containerd, Ran, RUNTIME};
+
+const DEV_IMAGE: &str = "wasmcell.test/devnode:latest";
+
+fn probe() -> String {
+    fixtures_dir().join("probe.wasm").display().to_string()
+}
+
+fn line<'a>(r: &'a Ran, prefix: &str) -> &'a str {
+    r.stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in {r:?}"))
+}
+
+/// The probe's report of an open refused with EACCES, as std names it.
+fn assert_refused(l: &str) {
+    assert!(l.contains(": denied: Permission denied"), "the device must be refused with a clear error: {l}");
+    assert!(!l.contains("HOST-DISK-SECRET"), "the guest read the host's disk: {l}");
+}
+
+/// Issue 20, item 1: an image whose layer has `blk MAJ:MIN` at `/disk` (the
+/// node's disk on a real host, a loop device here). The guest can neither
+/// read nor write it, read-only or not; the device's bytes are unchanged;
+/// and every mount the guest reaches is `nodev` (the kernel's refusal, under
+/// the WASI layer's).
+#[test]
+fn device_node_in_an_image_gives_no_access_to_the_device() {
+    let c = Containerd::start();
+    let disk = LoopDevice::attach(c.dir.path());
+    let base = c.build_image("wasmcell.test/devnode:base", &[probe()], &[]);
+    let hostile = c.dir.path().join("devnode.tar");
+    add_layer(&base, &hostile, DEV_IMAGE, disk.layer("disk"));
+    c.ctr(&["images", "import", "--all-platforms", hostile.to_str().unwrap()]).ok();
+    // A bound host directory holding a node for the same device.
+    let bound = c.dir.path().join("bound");
+    std::fs::create_dir(&bound).unwrap();
+    disk.mknod(&bound.join("disk"));
+    let bind = format!("type=bind,src={},dst=/data,options=rbind:rw", bound.display());
+
+    for (id, extra) in [("dev-rw", vec!["--mount", &bind]), ("dev-ro", vec!["--read-only", "--mount", &bind])] {
+        let mut a = vec!["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME];
+        a.extend(extra);
+        a.extend([DEV_IMAGE, id, "/probe.wasm", "read", "/disk", "write", "/disk", "read", "/data/disk", "write", "/data/disk"]);
+        let r = c.ctr(&a);
+        assert_eq!(r.code, Some(1), "every action must fail: {r:?}");
+        for action in ["read /disk", "write /disk", "read /data/disk", "write /data/disk"] {
+            assert_refused(line(&r, action));
+        }
+    }
+    assert_eq!(disk.head(DISK_SECRET.len()), DISK_SECRET, "the device's bytes changed");
+    assert_eq!(std::fs::read(&disk.backing).unwrap()[..DISK_SECRET.len()], *DISK_SECRET);
+
+    // While a guest runs: the image's node is there in its rootfs (so the
+    // refusals above are about the node, not a missing file), and every mount
+    // the shim made for it is nodev and nosuid.
+    let mut a = vec!["run", "-d", "--platform", "wasi/wasm", "--runtime", RUNTIME, "--mount", &bind];
+    a.extend([DEV_IMAGE, "dev-live", "/probe.wasm", "sleep", "60000"]);
+    c.ctr(&a).ok();
+    c.wait_status("dev-live", "RUNNING");
+    let shim = *c.shim_pids().first().expect("a shim serves dev-live");
+    let mounts: Vec<_> = mount_options_below(shim, &c.dir.path().display().to_string())
+        .into_iter()
+        .filter(|(mp, _)| mp.contains("/dev-live/"))
+        .collect();
+    let rootfs = mounts.iter().find(|(mp, _)| mp.ends_with("/dev-live/rootfs")).expect("the rootfs mount");
+    // Through the shim's root, in case its mounts are its own.
+    let node = std::path::PathBuf::from(format!("/proc/{shim}/root{}/disk", rootfs.0));
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_block_device(&std::fs::symlink_metadata(&node).unwrap().file_type()),
+        "containerd unpacked the image's node at {}",
+        node.display()
+    );
+    assert!(mounts.len() >= 2, "the rootfs and the view of /data: {mounts:?}");
+    for (mp, opts) in &mounts {
+        let o: Vec<&str> = opts.split(',').collect();
+        assert!(o.contains(&"nodev") && o.contains(&"nosuid"), "{mp} is mounted {opts}");
+    }
+    c.kill_and_delete("dev-live", "SIGKILL");
+    c.stop_and_check_clean();
+}
+
+/// The same image through CRI, as kubelet runs it: the container exits 1
+/// with both refusals in its log, and the device is unchanged.
+#[test]
+fn device_node_in_an_image_through_cri() {
+    let c = Cri::start();
+    let disk = LoopDevice::attach(c.cd.dir.path());
+    let base = c.cd.build_image("wasmcell.test/devnode:base", &[probe()], &[]);
+    let hostile = c.cd.dir.path().join("devnode.tar");
+    add_layer(&base, &hostile, DEV_IMAGE, disk.layer("disk"));
+    c.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", hostile.to_str().unwrap()]).ok();
+    c.wait_images_tagged(&[DEV_IMAGE]);
+
+    let pod_cfg = c.pod_config("devnode");
+    let (pod, _) = c.run_ready_pod(&pod_cfg);
+    let mut cfg = c.container_config("reader", &["/probe.wasm", "read", "/disk", "write", "/disk"], &[]);
+    cfg.image.as_mut().unwrap().image = DEV_IMAGE.into();
+    let id = c.create(&pod, &pod_cfg, cfg).expect("CreateContainer");
+    c.start_container(&id).expect("StartContainer");
+    assert_eq!(c.wait_exited(&id).exit_code, 1);
+    let lines = c.wait_log_lines(&pod_cfg, "reader", "write /disk");
+    for action in ["read /disk", "write /disk"] {
+        let l = lines
+            .iter()
+            .find(|(_, l)| l.starts_with(action))
+            .unwrap_or_else(|| panic!("no {action:?} in {lines:?}"));
+        assert_refused(&l.1);
+    }
+    assert_eq!(disk.head(DISK_SECRET.len()), DISK_SECRET, "the device's bytes changed");
+    c.remove_container(&id).unwrap();
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
+    c.stop_and_check_clean();
+}
