@@ -14,12 +14,14 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Only what the workspace needs to build (test/e2e is a workspace member, so
-# its manifest and sources must be present even though it is not built here).
+# Only what the workspace needs to build (test/e2e and test/bench/http-baseline
+# are workspace members, so their manifests and sources must be present even
+# though they are not built here). `make lint` checks that this list loads.
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
 COPY cmd cmd
 COPY test/e2e test/e2e
+COPY test/bench/http-baseline test/bench/http-baseline
 RUN cargo build --release --locked -p containerd-shim-wasmtime-v1 -p wasmcell
 
 FROM debian:bookworm-slim

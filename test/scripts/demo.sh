@@ -10,6 +10,10 @@ echo "== private containerd at $CD_DIR (pid $CD_PID)"
   --env GREETING=hello-from-the-image "$ROOT/test/fixtures/wasm/hello.wasm"
 CTR images import --all-platforms "$CD_DIR/hello.tar"
 echo "== ctr run --rm --runtime=io.containerd.wasmtime.v1 wasmcell.demo/hello:latest demo"
+# The guest's exit status, reported as it is (set -e would stop at a
+# non-zero one before it could be printed).
+status=0
 CTR run --rm --platform wasi/wasm --runtime=io.containerd.wasmtime.v1 \
-  wasmcell.demo/hello:latest demo /hello.wasm from the demo
-echo "== exit status: $?"
+  wasmcell.demo/hello:latest demo /hello.wasm from the demo || status=$?
+echo "== exit status: $status"
+exit "$status"

@@ -509,7 +509,9 @@ pub(crate) fn load_component(
             Ok(c) => Ok(c),
             // No /proc (an unusual host): the verified bytes, copied.
             Err(_) if !Path::new("/proc/self/fd").exists() => {
-                let bytes = artifact.to_vec().map_err(|e| crate::EngineError::Compile(e.to_string()))?;
+                let bytes = artifact
+                    .to_vec()
+                    .map_err(|e| crate::EngineError::Io { what: "cached artifact".into(), reason: e.to_string() })?;
                 loaded(unsafe { Component::deserialize(engine, bytes) })
             }
             Err(e) => loaded(Err(e)),
@@ -523,7 +525,9 @@ pub(crate) fn load_module(engine: &wasmtime::Engine, artifact: &Artifact) -> Res
     match &artifact.0 {
         Art::Bytes(b) => loaded(unsafe { Module::deserialize(engine, b) }),
         Art::File(f) => {
-            let f = f.try_clone().map_err(|e| crate::EngineError::Compile(format!("cached artifact: {e}")))?;
+            let f = f
+                .try_clone()
+                .map_err(|e| crate::EngineError::Io { what: "cached artifact".into(), reason: e.to_string() })?;
             loaded(unsafe { Module::deserialize_open_file(engine, f) })
         }
     }

@@ -18,6 +18,18 @@ pub enum EngineError {
     NoEntry { what: String },
     #[error("cannot set up the guest's {what}: {reason}")]
     Context { what: String, reason: String },
+    /// Reading the Wasm (or a cached artifact) failed: the node's problem,
+    /// not the image's.
+    #[error("cannot read {what}: {reason}")]
+    Io { what: String, reason: String },
+    /// The file changed under the shim while it was read; a retry reads it
+    /// afresh.
+    #[error("{0} changed while it was being read; try again")]
+    Changed(String),
+    /// The compiler process failed for a reason other than the Wasm (it
+    /// could not start, crashed, was killed).
+    #[error("compiler process: {0}")]
+    Compiler(String),
 }
 
 /// wasmtime's errors carry a chain of contexts; `{:#}` prints all of it on

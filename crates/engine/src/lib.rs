@@ -209,7 +209,7 @@ impl Engine {
                 }
                 None => {
                     let d = cache::digest_file(wasm.file())
-                        .map_err(|e| EngineError::Compile(format!("cannot read {}: {e}", wasm.path)))?;
+                        .map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
                     // Recorded only if the file kept its identity while it
                     // was hashed.
                     if let Some(i) = id.as_ref().filter(|i| wasmcell_oci::FileId::of(wasm.file(), Some(i.dev)).as_ref() == Some(*i)) {
@@ -221,7 +221,7 @@ impl Engine {
             None => None,
         };
         self.prepare_with(digest, wasm.kind, || {
-            let bytes = wasm.read_all().map_err(|e| EngineError::Compile(e.to_string()))?;
+            let bytes = wasm.read_all().map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
             // What is compiled must be what was hashed: the artifact is
             // stored under that hash, for every container that runs it.
             if digest.is_some_and(|d| d != cache::digest(&bytes)) {
@@ -230,7 +230,7 @@ impl Engine {
                 if let (Some(cache), Some(id)) = (&self.inner.cache, id.as_ref()) {
                     cache.forget_digest(id);
                 }
-                return Err(EngineError::Compile(format!("{} changed while it was being read", wasm.path)));
+                return Err(EngineError::Changed(wasm.path.clone()));
             }
             Ok(std::borrow::Cow::Owned(bytes))
         })

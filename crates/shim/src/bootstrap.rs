@@ -21,7 +21,7 @@ use containerd_shim_protos::shim_async::{create_task, Task};
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
 
-use crate::service::TaskService;
+use crate::task::TaskService;
 
 const MAX_STDIN: u64 = 1 << 20;
 

@@ -28,7 +28,7 @@ fn kind_name(kind: WasmKind) -> &'static str {
 
 /// The compiler the shim's engine uses: this binary, as a child.
 pub fn out_of_process(bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
-    let failed = |what: String| EngineError::Compile(format!("compiler process: {what}"));
+    let failed = EngineError::Compiler;
     let mut child = Command::new("/proc/self/exe")
         .arg(ACTION)
         .arg(kind_name(kind))

@@ -82,6 +82,8 @@ async fn forward_all(address: String, mut rx: mpsc::Receiver<Envelope>, pending:
     }
 }
 
+/// Queuing never blocks (a full queue drops the newest event, logged), so
+/// the service queues an exit under the lock of the state change it reports.
 impl Events {
     /// Starts the forwarder; `address` is containerd's ttrpc socket.
     pub(crate) fn new(address: String, namespace: String) -> Self {
@@ -100,7 +102,7 @@ impl Events {
         }
     }
 
-    async fn send(&self, topic: &str, event: Box<dyn MessageDyn>) {
+    fn send(&self, topic: &str, event: Box<dyn MessageDyn>) {
         let mut value = Vec::new();
         if let Err(e) = event.write_to_vec_dyn(&mut value) {
             log::warn!("publish {topic}: encode: {e}");
@@ -122,7 +124,7 @@ impl Events {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn create(
+    pub(crate) fn create(
         &self,
         id: &str,
         bundle: &str,
@@ -147,19 +149,19 @@ impl Events {
             pid,
             ..Default::default()
         };
-        self.send(TASK_CREATE_EVENT_TOPIC, Box::new(ev)).await
+        self.send(TASK_CREATE_EVENT_TOPIC, Box::new(ev))
     }
 
-    pub(crate) async fn start(&self, id: &str, pid: u32) {
+    pub(crate) fn start(&self, id: &str, pid: u32) {
         let ev = TaskStart {
             container_id: id.into(),
             pid,
             ..Default::default()
         };
-        self.send(TASK_START_EVENT_TOPIC, Box::new(ev)).await
+        self.send(TASK_START_EVENT_TOPIC, Box::new(ev))
     }
 
-    pub(crate) async fn exit(&self, id: &str, pid: u32, status: u32, at: Timestamp) {
+    pub(crate) fn exit(&self, id: &str, pid: u32, status: u32, at: Timestamp) {
         let ev = TaskExit {
             container_id: id.into(),
             id: id.into(),
@@ -168,18 +170,18 @@ impl Events {
             exited_at: Some(at).into(),
             ..Default::default()
         };
-        self.send(TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await
+        self.send(TASK_EXIT_EVENT_TOPIC, Box::new(ev))
     }
 
-    pub(crate) async fn oom(&self, id: &str) {
+    pub(crate) fn oom(&self, id: &str) {
         let ev = TaskOOM {
             container_id: id.into(),
             ..Default::default()
         };
-        self.send(TASK_OOM_EVENT_TOPIC, Box::new(ev)).await
+        self.send(TASK_OOM_EVENT_TOPIC, Box::new(ev))
     }
 
-    pub(crate) async fn delete(&self, id: &str, pid: u32, status: u32, at: Timestamp) {
+    pub(crate) fn delete(&self, id: &str, pid: u32, status: u32, at: Timestamp) {
         let ev = TaskDelete {
             container_id: id.into(),
             id: id.into(),
@@ -188,6 +190,6 @@ impl Events {
             exited_at: Some(at).into(),
             ..Default::default()
         };
-        self.send(TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await
+        self.send(TASK_DELETE_EVENT_TOPIC, Box::new(ev))
     }
 }

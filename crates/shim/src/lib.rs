@@ -2,21 +2,29 @@
 //!
 //! One shim process serves one container for `ctr run` (or one pod, for CRI):
 //! containers are Wasmtime stores inside it, not child processes. The task
-//! API lives in [`service`], the per-container state machine in
-//! [`container`], stdio wiring in [`stdio`], rootfs mounts in [`rootfs`], and
-//! every raw Linux call in [`sys`].
+//! verbs live in [`task`]; Create's pipeline (spec -> grants -> rootfs ->
+//! stdio -> Wasm) in [`create`]; Start and the guest's supervisor (signals,
+//! drain, exit) in [`supervisor`]; the per-container state machine in
+//! [`lifecycle`], what a container holds in [`container`]; settings in
+//! [`config`]; stdio wiring in [`stdio`]; rootfs mounts and the views of
+//! granted directories in [`rootfs`]; and every raw Linux call in [`sys`],
+//! behind the `Kernel` trait the tests fake.
 
 mod bootstrap;
 mod compiler;
+mod config;
 mod container;
 mod content;
+mod create;
 mod error;
 mod events;
+mod lifecycle;
 mod logging;
 mod metrics;
 mod rootfs;
-mod service;
 mod stdio;
+mod supervisor;
+mod task;
 pub mod sys;
 
 pub use error::ShimError;

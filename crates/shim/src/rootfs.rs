@@ -12,16 +12,16 @@ use crate::ShimError;
 
 /// Mounts `mounts` on `target` in order, then makes every mount there
 /// `nodev` and `nosuid` (and read-only when `readonly`). On failure nothing
-/// stays mounted.
-pub(crate) async fn mount(mounts: &[Mount], target: &Path, readonly: bool) -> Result<(), ShimError> {
+/// stays mounted. Blocking.
+pub(crate) fn mount(mounts: &[Mount], target: &Path, readonly: bool) -> Result<(), ShimError> {
     if mounts.is_empty() {
         return Ok(());
     }
-    tokio::fs::create_dir_all(target)
-        .await
-        .map_err(|e| ShimError::Internal(format!("create {}: {e}", target.display())))?;
+    std::fs::create_dir_all(target).map_err(|e| ShimError::Internal(format!("create {}: {e}", target.display())))?;
     for m in mounts {
-        if let Err(e) = containerd_shim::asynchronous::util::mount_rootfs(m, target).await {
+        let fs_type = Some(m.type_.as_str()).filter(|s| !s.is_empty());
+        let source = Some(m.source.as_str()).filter(|s| !s.is_empty());
+        if let Err(e) = containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, target) {
             unmount(target);
             return Err(ShimError::Internal(format!(
                 "mount rootfs ({} from {}) at {}: {e}",
@@ -31,11 +31,7 @@ pub(crate) async fn mount(mounts: &[Mount], target: &Path, readonly: bool) -> Re
             )));
         }
     }
-    let t = target.to_path_buf();
-    let hardened = tokio::task::spawn_blocking(move || crate::sys::mount::harden(&t, readonly))
-        .await
-        .map_err(|e| ShimError::Internal(e.to_string()))?;
-    if let Err(e) = hardened {
+    if let Err(e) = crate::sys::mount::harden(target, readonly) {
         unmount(target);
         return Err(ShimError::Internal(format!("rootfs at {}: {e}", target.display())));
     }

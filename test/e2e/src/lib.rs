@@ -57,6 +57,28 @@ fn require_root() {
     }
 }
 
+/// One HTTP/1.1 GET (with an `X-Test: probe-value` header the fixture
+/// echoes), bounded: `(status, body)`, the body de-chunked; `None` if
+/// nothing answers. The one HTTP client of the suites.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nX-Test: probe-value\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: keep only the payload lines.
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body.split("\r\n").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, l)| l).collect::<Vec<_>>().join("")
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
 /// Output of a command, with its exit code (None when killed by a signal).
 #[derive(Debug)]
 pub struct Ran {
@@ -76,6 +98,13 @@ impl Ran {
     pub fn ok(&self) -> &Self {
         assert_eq!(self.code, Some(0), "command failed: {self:#?}");
         self
+    }
+
+    /// The exit status in ctr's words ("... exit code N"), if any.
+    pub fn reported_exit(&self) -> Option<i64> {
+        let text = format!("{}{}", self.stdout, self.stderr);
+        let (_, tail) = text.rsplit_once("exit code ")?;
+        tail.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
     }
 }
 

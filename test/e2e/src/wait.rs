@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::cri::http_get;
+use crate::http_get;
 
 /// The pause between two tries of a wait.
 pub const STEP: Duration = Duration::from_millis(50);

@@ -63,9 +63,11 @@ fn stdin_reaches_the_guest_and_eof_ends_it() {
 #[test]
 fn terminal_is_refused_with_a_clear_error() {
     let c = Containerd::start();
-    // ctr -t needs a console: give it one with script(1).
+    // ctr -t needs a console: give it one with script(1). The harness's own
+    // ctr (the release under test), not the one on PATH.
     let cmd = format!(
-        "ctr -a {} -n {} run --rm -t --platform wasi/wasm --runtime {RUNTIME} {} tty /hello.wasm",
+        "{} -a {} -n {} run --rm -t --platform wasi/wasm --runtime {RUNTIME} {} tty /hello.wasm",
+        c.release.ctr.display(),
         c.socket.display(),
         c.namespace,
         wasmcell_e2e::FIXTURES_IMAGE
@@ -81,7 +83,8 @@ fn terminal_is_refused_with_a_clear_error() {
         stderr: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     };
     assert_ne!(r.code, Some(0));
-    assert!(r.stderr.contains("terminal") || r.stderr.contains("tty"), "{r:?}");
+    // The shim's own words, not just the id ("tty") echoed back.
+    assert!(r.stderr.contains("a terminal (tty) is not supported for Wasm containers"), "{r:?}");
     c.ctr(&["containers", "rm", "tty"]);
     c.stop_and_check_clean();
 }

@@ -86,13 +86,6 @@ fn assert_gone(c: &Containerd, id: &str) {
     eventually(&format!("cgroups of {id} removed: {:?}", cgroups(c, id)), || cgroups(c, id).is_empty());
 }
 
-/// The exit status in ctr's words ("... exit code N"), if any.
-fn reported_exit(r: &Ran) -> Option<i64> {
-    let text = format!("{}{}", r.stdout, r.stderr);
-    let (_, tail) = text.rsplit_once("exit code ")?;
-    tail.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
-}
-
 fn exit_status(c: &Containerd, id: &str) -> i64 {
     c.exit_event(id)["exit_status"].as_i64().unwrap_or(0)
 }
@@ -101,7 +94,7 @@ fn exit_status(c: &Containerd, id: &str) -> i64 {
 fn kill_and_delete(c: &Containerd, id: &str, signal: &str) -> Option<i64> {
     let del = c.kill_and_delete(id, signal);
     del.ok();
-    reported_exit(&del)
+    del.reported_exit()
 }
 
 fn task_pid(c: &Containerd, id: &str) -> Option<i32> {
@@ -262,7 +255,7 @@ fn survives_containerd_restart(signal: Signal, guest: &[&str]) {
     let events = c.events_until(&id, "/tasks/exit");
     let del = c.ctr(&["task", "delete", &id]);
     del.ok();
-    assert_eq!(reported_exit(&del), Some(137), "{del:?}");
+    assert_eq!(del.reported_exit(), Some(137), "{del:?}");
     c.ctr(&["containers", "rm", &id]).ok();
     eventually("the shim exited after delete", || c.shim_pids().is_empty());
     assert_gone(&c, &id);
@@ -273,7 +266,7 @@ fn survives_containerd_restart(signal: Signal, guest: &[&str]) {
         exit,
         Some(137.into()),
         "the shim's /tasks/exit never reached the restarted containerd: events {events:?}; shim log: {:?}",
-        c.log().lines().filter(|l| l.contains("forward err")).collect::<Vec<_>>()
+        c.log().lines().filter(|l| l.contains("events: ")).collect::<Vec<_>>()
     );
     drop(daemon);
     c.stop_and_check_clean();
@@ -350,7 +343,7 @@ fn hostile_guests_leave_the_shims_responsive() {
     println!("2 GiB of stderr went through the shim in {:.1} s", t0.elapsed().as_secs_f64());
     let del = c.ctr(&["task", "delete", &flood]);
     del.ok();
-    assert_eq!(reported_exit(&del), None, "{del:?}");
+    assert_eq!(del.reported_exit(), None, "{del:?}");
     c.ctr(&["containers", "rm", &flood]).ok();
     for id in [&blocked, &spin, &flood] {
         assert_gone(&c, id);

@@ -5,26 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use wasmcell_e2e::wait::{free_port, poll, until};
-use wasmcell_e2e::Containerd;
-
-/// One HTTP/1.1 request; (status, body). `None` if it cannot connect.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nX-Test: probe-value\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    // Chunked bodies: keep only the payload lines.
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body.split("\r\n").enumerate().filter(|(i, _)| i % 2 == 1).map(|(_, l)| l).collect::<Vec<_>>().join("")
-    } else {
-        body
-    };
-    Some((status, body))
-}
+use wasmcell_e2e::{http_get as get, Containerd};
 
 /// Waits (bounded) for the server to answer.
 fn wait_up(addr: &str) {

@@ -189,12 +189,7 @@ fn one_task(c: &Containerd, ev: &Events, id: &str, kind: Kind) -> Result<(), Str
                 return Err(format!("{id}: ctr task delete failed: {d:?}"));
             }
             // ctr reports a non-zero status as "... exit code N".
-            let reported = d
-                .stderr
-                .rsplit("exit code ")
-                .next()
-                .and_then(|t| t.split(|ch: char| !ch.is_ascii_digit()).next())
-                .and_then(|t| t.parse::<i64>().ok());
+            let reported = d.reported_exit();
             if reported != Some(want) {
                 return Err(format!("{id} {kind:?}: ctr task delete reported {reported:?}, want {want}: {d:?}"));
             }

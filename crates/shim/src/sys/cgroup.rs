@@ -99,6 +99,16 @@ pub fn join(cgroups_path: &str, limits: &Limits) -> Result<Joined, String> {
     Ok(Joined { cgroup, path })
 }
 
+impl super::Membership for Joined {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn leave(self: Box<Self>) {
+        (*self).leave()
+    }
+}
+
 impl Joined {
     /// Moves this process to the parent cgroup and removes the container's.
     pub fn leave(self) {
@@ -109,6 +119,65 @@ impl Joined {
         }
         if let Err(e) = self.cgroup.delete() {
             log::warn!("remove cgroup {}: {e}", self.path);
+        }
+    }
+}
+
+/// Which container's cgroup the shim joined, and a leave under way. A shim
+/// joins one cgroup, its first container's (a pod's sandbox); that
+/// container owns it and leaves it when it stops (early, as soon as no other
+/// guest runs: moving a process between cgroups waits for an RCU grace
+/// period, which then passes while the client reacts to the exit) or at its
+/// Delete, which waits for an early leave still running.
+#[derive(Default)]
+pub(crate) struct Owner {
+    joined: std::sync::Mutex<Option<(String, Box<dyn super::Membership>)>>,
+    leaving: tokio::sync::Mutex<Option<(String, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Owner {
+    /// Whether the shim joined a cgroup already.
+    pub(crate) fn is_joined(&self) -> bool {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Records that container `id` joined `m` (unless another did first).
+    pub(crate) fn set(&self, id: &str, m: Box<dyn super::Membership>) {
+        let mut slot = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some((id.to_string(), m));
+        }
+    }
+
+    fn take(&self, id: &str) -> Option<Box<dyn super::Membership>> {
+        let mut slot = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((owner, _)) if owner == id => slot.take().map(|(_, m)| m),
+            _ => None,
+        }
+    }
+
+    /// Starts leaving in the background if container `id` owns the cgroup.
+    pub(crate) async fn leave_early(&self, id: &str) {
+        let mut leaving = self.leaving.lock().await;
+        if let Some(m) = self.take(id) {
+            *leaving = Some((id.to_string(), tokio::task::spawn_blocking(move || m.leave())));
+        }
+    }
+
+    /// Leaves (or waits for the early leave) if container `id` owns it.
+    pub(crate) async fn leave(&self, id: &str) {
+        // Held throughout, so that a leave started at exit is either seen
+        // here and waited for, or not started at all.
+        let mut leaving = self.leaving.lock().await;
+        if leaving.as_ref().is_some_and(|(owner, _)| owner == id) {
+            if let Some((_, h)) = leaving.take() {
+                let _ = h.await;
+            }
+            return;
+        }
+        if let Some(m) = self.take(id) {
+            let _ = tokio::task::spawn_blocking(move || m.leave()).await;
         }
     }
 }

@@ -1,0 +1,58 @@
+//! The shim's settings, each read here once and passed down as values: the
+//! compile cache (runtime options' `Root`, or `WASMCELL_CACHE_DIR` /
+//! `WASMCELL_CACHE_MAX_MB`), an HTTP component's address (its env), and the
+//! guest runtime's size.
+
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use wasmcell_engine::cache::CacheConfig;
+use wasmcell_grants::Grants;
+
+/// The compile cache: `<Root>/cache` when the runtime options (containerd's
+/// `runtimes.wasmtime.options`, type `containerd.runc.v1.Options`) set
+/// `Root`; otherwise `WASMCELL_CACHE_DIR` / the default directory.
+pub(crate) fn cache(options: Option<&Any>) -> Option<CacheConfig> {
+    use containerd_shim_protos::protobuf::Message;
+    let from_env = CacheConfig::from_env();
+    let root = options
+        .filter(|a| a.type_url.ends_with("containerd.runc.v1.Options"))
+        .and_then(|a| containerd_shim_protos::shim::oci::Options::parse_from_bytes(&a.value).ok())
+        .map(|o| o.root)
+        .filter(|r| !r.is_empty());
+    match root {
+        Some(r) => Some(CacheConfig { dir: std::path::Path::new(&r).join("cache"), ..from_env.unwrap_or_default() }),
+        None => from_env,
+    }
+}
+
+/// Where an HTTP component listens when its env says nothing.
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+/// Where an HTTP component listens: `WASMCELL_HTTP_ADDR`, or the name other
+/// shims use, `WASMTIME_HTTP_PROXY_SOCKET_ADDR`, from the container's env.
+pub(crate) fn http_addr(grants: &Grants) -> String {
+    let env = &grants.program.env;
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    get("WASMCELL_HTTP_ADDR")
+        .or_else(|| get("WASMTIME_HTTP_PROXY_SOCKET_ADDR"))
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string())
+}
+
+/// Worker threads of the runtime guests run on: the cores, at most 4.
+pub(crate) fn guest_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).min(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_option_places_the_cache() {
+        use containerd_shim_protos::protobuf::Message;
+        let opts = containerd_shim_protos::shim::oci::Options { root: "/var/lib/wc".into(), ..Default::default() };
+        let any = Any { type_url: "containerd.runc.v1.Options".into(), value: opts.write_to_bytes().unwrap(), ..Default::default() };
+        assert_eq!(cache(Some(&any)).unwrap().dir, std::path::Path::new("/var/lib/wc/cache"));
+        let other = Any { type_url: "runtimeoptions.v1.Options".into(), ..any };
+        assert_ne!(cache(Some(&other)).map(|c| c.dir), Some("/var/lib/wc/cache".into()));
+    }
+}

@@ -1,0 +1,504 @@
+//! The task service: containerd's shim v2 task API over ttrpc. Each verb
+//! here is thin: Create is in [`crate::create`], Start and the guest's
+//! supervisor in [`crate::supervisor`], the state every verb decides on in
+//! [`crate::lifecycle`]. Errors become ttrpc codes once, in
+//! [`crate::error`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::{Task, TtrpcContext, TtrpcResult};
+use containerd_shim_protos::api;
+use containerd_shim_protos::api::Status;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use wasmcell_engine::Engine;
+
+use crate::container::Container;
+use crate::events::Events;
+use crate::lifecycle::{Killed, State};
+use crate::supervisor::{ignored_signal, now, stop_signal};
+use crate::sys::{Kernel, Linux};
+use crate::{config, ShimError};
+
+#[derive(Clone)]
+pub struct TaskService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) containers: Mutex<HashMap<String, Arc<Container>>>,
+    pub(crate) engine: OnceLock<Engine>,
+    pub(crate) events: Events,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) pid: u32,
+    /// containerd's gRPC address and this shim's namespace: where images'
+    /// Wasm layers are read from.
+    pub(crate) grpc_address: String,
+    pub(crate) namespace: String,
+    /// The cgroup this shim joined, and which container owns it.
+    pub(crate) cgroup: crate::sys::cgroup::Owner,
+    pub(crate) kernel: Arc<dyn Kernel>,
+}
+
+/// Runs blocking work (file reads, compiles, mounts, unmounts) off the RPC
+/// worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ShimError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ShimError::Internal(e.to_string()))
+}
+
+impl TaskService {
+    pub(crate) fn new(ttrpc_address: String, namespace: String, grpc_address: String, exit: Arc<ExitSignal>) -> Self {
+        Self::with_kernel(ttrpc_address, namespace, grpc_address, exit, Arc::new(Linux))
+    }
+
+    pub(crate) fn with_kernel(
+        ttrpc_address: String,
+        namespace: String,
+        grpc_address: String,
+        exit: Arc<ExitSignal>,
+        kernel: Arc<dyn Kernel>,
+    ) -> Self {
+        TaskService {
+            inner: Arc::new(Inner {
+                containers: Mutex::new(HashMap::new()),
+                engine: OnceLock::new(),
+                events: Events::new(ttrpc_address, namespace.clone()),
+                grpc_address,
+                namespace,
+                exit,
+                pid: std::process::id(),
+                cgroup: Default::default(),
+                kernel,
+            }),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> Result<Engine, ShimError> {
+        self.engine_with(None)
+    }
+
+    /// The shim's engine, created at the first Create with the compile cache
+    /// that Create's runtime options (or the environment) configure.
+    pub(crate) fn engine_with(&self, options: Option<&Any>) -> Result<Engine, ShimError> {
+        if let Some(e) = self.inner.engine.get() {
+            return Ok(e.clone());
+        }
+        let cache = config::cache(options);
+        log::info!("compile cache: {}", cache.as_ref().map_or("off".to_string(), |c| c.dir.display().to_string()));
+        let compiler: wasmcell_engine::Compiler = Arc::new(crate::compiler::out_of_process);
+        let e = Engine::with_options(cache, Some(compiler)).map_err(|e| ShimError::Internal(e.to_string()))?;
+        Ok(self.inner.engine.get_or_init(|| e).clone())
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(id.to_string()))
+    }
+
+    pub(crate) fn no_exec(exec_id: &str) -> Result<(), ShimError> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(ShimError::NotFound(format!("exec {exec_id} (Wasm containers have no exec processes)")))
+        }
+    }
+
+    pub(crate) async fn do_kill(&self, req: api::KillRequest) -> Result<(), ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let sig = req.signal;
+        if sig == 0 {
+            return match c.life.state() {
+                State::Stopped { .. } => Err(ShimError::NotFound(format!("{}: process already finished", c.id))),
+                _ => Ok(()),
+            };
+        }
+        if stop_signal(sig) {
+            return Err(ShimError::Unimplemented(format!(
+                "signal {sig} would stop the process; Wasm containers cannot be paused"
+            )));
+        }
+        let (events, pid) = (&self.inner.events, self.inner.pid);
+        let killed = c.life.kill(&c.id, sig, ignored_signal(sig), now(), |status, at| {
+            events.exit(&c.id, pid, status, at.clone())
+        })?;
+        if let Killed::StoppedUnstarted(status) = killed {
+            log::info!("exit id={} status={status} (killed before start)", c.id);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let (status, at) = c.life.begin_delete(&c.id, now())?;
+        c.release(self.inner.kernel.clone()).await;
+        self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+        self.inner.cgroup.leave(&c.id).await;
+        self.inner.events.delete(&c.id, self.inner.pid, status, at.clone());
+        log::info!("delete id={} status={status}", c.id);
+        Ok(api::DeleteResponse { pid: self.inner.pid, exit_status: status, exited_at: Some(at).into(), ..Default::default() })
+    }
+
+    pub(crate) async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let (status, at) = c.life.wait().await;
+        Ok(api::WaitResponse { exit_status: status, exited_at: Some(at).into(), ..Default::default() })
+    }
+
+    pub(crate) fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse, ShimError> {
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        let mut resp = api::StateResponse {
+            id: c.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: self.inner.pid,
+            stdin: c.stdin.clone(),
+            stdout: c.stdout.clone(),
+            stderr: c.stderr.clone(),
+            terminal: false,
+            ..Default::default()
+        };
+        match c.life.state() {
+            // Start has not returned yet: not running from the client's view.
+            State::Created | State::Starting => resp.status = Status::CREATED.into(),
+            State::Running => resp.status = Status::RUNNING.into(),
+            State::Stopped { status, at } => {
+                resp.status = Status::STOPPED.into();
+                resp.exit_status = status;
+                resp.exited_at = Some(at).into();
+            }
+        }
+        Ok(resp)
+    }
+
+    pub(crate) fn do_update(&self, req: api::UpdateTaskRequest) -> Result<(), ShimError> {
+        let c = self.get(&req.id)?;
+        let Some(any) = req.resources.as_ref() else {
+            return Ok(());
+        };
+        let res: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("resources are not a LinuxResources JSON object: {e}")))?;
+        // Create's rule (a bad period is refused, not replaced), applied to
+        // the sections the request carries.
+        let lim = wasmcell_grants::Limits::from_resources(&res)?;
+        if res.memory().as_ref().and_then(|m| m.limit()).is_some() {
+            c.stats.set_memory_cap(lim.memory_bytes);
+        }
+        if res.cpu().is_some() {
+            c.stats.set_cpu_quota(lim.cpu);
+            if lim.cpu_shares.is_some() {
+                c.stats.set_cpu_shares(lim.cpu_shares);
+            }
+        }
+        log::info!("update id={}", c.id);
+        Ok(())
+    }
+}
+
+fn unimplemented<T>(what: &str) -> TtrpcResult<T> {
+    Err(ShimError::Unimplemented(format!("{what} is not supported for Wasm containers")).into())
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!("create id={} bundle={}", req.id, req.bundle);
+        self.do_create(req).await.map_err(|e| {
+            log::warn!("create failed: {e}");
+            e.into()
+        })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        log::info!("start id={}", req.id);
+        Ok(self.do_start(req).await?)
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        log::info!("kill id={} signal={}", req.id, req.signal);
+        self.do_kill(req).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        log::info!("delete id={}", req.id);
+        Ok(self.do_delete(req).await?)
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        log::debug!("wait id={}", req.id);
+        Ok(self.do_wait(req).await?)
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        Ok(self.do_state(req)?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let c = self.get(&req.id)?;
+        let mut resp = api::PidsResponse::new();
+        if c.life.state() == State::Running {
+            resp.processes.push(api::ProcessInfo { pid: self.inner.pid, ..Default::default() });
+        }
+        Ok(resp)
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let c = self.get(&req.id)?;
+        let live = c.life.state() == State::Running;
+        let server = c.workload.is_server();
+        if server {
+            use std::sync::atomic::Ordering::Relaxed;
+            log::debug!(
+                "stats id={} http requests={} in_flight={} errors={} memory={}",
+                c.id,
+                c.stats.requests_total.load(Relaxed),
+                c.stats.requests_in_flight.load(Relaxed),
+                c.stats.request_errors.load(Relaxed),
+                c.stats.memory_bytes.load(Relaxed)
+            );
+        }
+        let any = crate::metrics::to_any(&c.stats, c.stats.memory_cap(), live, server).map_err(ShimError::Internal)?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        self.do_update(req)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        log::info!("close_io id={} stdin={}", req.id, req.stdin);
+        Self::no_exec(&req.exec_id)?;
+        let c = self.get(&req.id)?;
+        c.stdin_copy.close();
+        Ok(api::Empty::new())
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let _ = req;
+        Ok(api::ConnectResponse {
+            shim_pid: self.inner.pid,
+            task_pid: self.inner.pid,
+            version: format!("wasmcell {}", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        let empty = self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        if empty {
+            log::info!("shutdown: no containers left, exiting");
+            self.inner.events.flush(std::time::Duration::from_secs(2)).await;
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("pause")
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("resume")
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("checkpoint")
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("exec")
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        unimplemented("resize pty (there is no terminal)")
+    }
+}
+
+/// The verbs through the service itself, with a fake kernel: no root, no
+/// containerd. The guests are the real fixture components.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Membership;
+    use std::path::Path;
+    use wasmcell_engine::GuestConfig;
+
+    #[derive(Default)]
+    struct FakeKernel {
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FakeKernel {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn note(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+    }
+
+    struct FakeCgroup(Arc<FakeKernel>, String);
+
+    impl Membership for FakeCgroup {
+        fn path(&self) -> &str {
+            &self.1
+        }
+        fn leave(self: Box<Self>) {
+            self.0.note(format!("leave {}", self.1));
+        }
+    }
+
+    struct Shared(Arc<FakeKernel>);
+
+    impl Kernel for Shared {
+        fn mount_rootfs(&self, _: &[containerd_shim_protos::types::mount::Mount], t: &Path, ro: bool) -> Result<(), ShimError> {
+            self.0.note(format!("mount {} ro={ro}", t.display()));
+            Ok(())
+        }
+        fn grant_views(&self, config: &mut GuestConfig, _: &Path, _: Option<&Path>, _: &Path) -> Result<(), ShimError> {
+            self.0.note(format!("views {}", config.preopens.len()));
+            Ok(())
+        }
+        fn unmount(&self, bundle: &Path, rootfs: Option<&Path>) {
+            self.0.note(format!("unmount {} {:?}", bundle.file_name().unwrap().to_string_lossy(), rootfs.is_some()));
+        }
+        fn join_cgroup(&self, path: &str, _: &wasmcell_grants::Limits) -> Result<Box<dyn Membership>, String> {
+            self.0.note(format!("join {path}"));
+            Ok(Box::new(FakeCgroup(self.0.clone(), path.to_string())))
+        }
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/wasm").join(name)
+    }
+
+    /// A bundle whose rootfs holds `wasm` and whose spec runs it.
+    fn bundle(dir: &Path, id: &str, wasm: &str) -> String {
+        let b = dir.join(id);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        std::fs::copy(fixture(wasm), b.join("rootfs").join(wasm)).unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": [format!("/{wasm}")], "env": [], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"cgroupsPath": format!("/test/{id}"), "namespaces": [{"type": "network"}]}
+        });
+        std::fs::write(b.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        b.display().to_string()
+    }
+
+    fn service(k: &Arc<FakeKernel>) -> TaskService {
+        let svc = TaskService::with_kernel(
+            "/nonexistent/ttrpc.sock".into(),
+            "test".into(),
+            "/nonexistent/grpc.sock".into(),
+            Arc::new(ExitSignal::default()),
+            Arc::new(Shared(k.clone())),
+        );
+        let _ = svc.inner.engine.set(Engine::new().unwrap());
+        svc
+    }
+
+    async fn create(svc: &TaskService, id: &str, bundle: String) -> Result<api::CreateTaskResponse, ShimError> {
+        svc.do_create(api::CreateTaskRequest { id: id.into(), bundle, ..Default::default() }).await
+    }
+
+    fn kill(id: &str, sig: i32) -> api::KillRequest {
+        api::KillRequest { id: id.into(), signal: sig as u32, ..Default::default() }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn create_start_kill_delete_without_root() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Arc::new(FakeKernel::default());
+        rt().block_on(async {
+            let svc = service(&k);
+            create(&svc, "spin", bundle(d.path(), "spin", "spin.wasm")).await.unwrap();
+            assert!(matches!(create(&svc, "spin", bundle(d.path(), "spin", "spin.wasm")).await, Err(ShimError::AlreadyExists(_))));
+            svc.do_start(api::StartRequest { id: "spin".into(), ..Default::default() }).await.unwrap();
+            let st = svc.do_state(api::StateRequest { id: "spin".into(), ..Default::default() }).unwrap();
+            assert_eq!(st.status, Status::RUNNING.into());
+            let refused = svc.do_delete(api::DeleteRequest { id: "spin".into(), ..Default::default() }).await;
+            assert!(matches!(refused, Err(ShimError::FailedPrecondition(_))), "{refused:?}");
+            svc.do_kill(kill("spin", libc::SIGKILL)).await.unwrap();
+            let w = svc.do_wait(api::WaitRequest { id: "spin".into(), ..Default::default() }).await.unwrap();
+            assert_eq!(w.exit_status, 137);
+            let del = svc.do_delete(api::DeleteRequest { id: "spin".into(), ..Default::default() }).await.unwrap();
+            assert_eq!(del.exit_status, 137);
+            assert!(matches!(svc.get("spin"), Err(ShimError::NotFound(_))));
+        });
+        // The cgroup is left as the guest exits (no other guest runs), before
+        // Delete unmounts.
+        assert_eq!(k.calls(), vec!["join /test/spin", "views 1", "leave /test/spin", "unmount spin false"]);
+    }
+
+    /// Kill before Start stops the container (128 + signal), Start then
+    /// fails, and Delete reports the kill's status.
+    #[test]
+    fn kill_before_start() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Arc::new(FakeKernel::default());
+        rt().block_on(async {
+            let svc = service(&k);
+            create(&svc, "c", bundle(d.path(), "c", "hello.wasm")).await.unwrap();
+            svc.do_kill(kill("c", libc::SIGTERM)).await.unwrap();
+            let e = svc.do_start(api::StartRequest { id: "c".into(), ..Default::default() }).await;
+            assert!(matches!(e, Err(ShimError::FailedPrecondition(_))), "{e:?}");
+            let e = svc.do_kill(kill("c", libc::SIGKILL)).await;
+            assert!(matches!(e, Err(ShimError::NotFound(_))), "{e:?}");
+            let del = svc.do_delete(api::DeleteRequest { id: "c".into(), ..Default::default() }).await.unwrap();
+            assert_eq!(del.exit_status, 128 + libc::SIGTERM as u32);
+        });
+    }
+
+    /// A guest that runs to its end: exit 0 reaches Wait and Delete.
+    #[test]
+    fn exit_reaches_wait_and_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Arc::new(FakeKernel::default());
+        rt().block_on(async {
+            let svc = service(&k);
+            create(&svc, "h", bundle(d.path(), "h", "hello.wasm")).await.unwrap();
+            svc.do_start(api::StartRequest { id: "h".into(), ..Default::default() }).await.unwrap();
+            let w = svc.do_wait(api::WaitRequest { id: "h".into(), ..Default::default() }).await.unwrap();
+            assert_eq!(w.exit_status, 0);
+            let e = svc.do_kill(kill("h", libc::SIGKILL)).await;
+            assert!(matches!(e, Err(ShimError::NotFound(_))), "a finished guest cannot be signalled: {e:?}");
+            let del = svc.do_delete(api::DeleteRequest { id: "h".into(), ..Default::default() }).await.unwrap();
+            assert_eq!(del.exit_status, 0);
+            let again = svc.do_delete(api::DeleteRequest { id: "h".into(), ..Default::default() }).await;
+            assert!(matches!(again, Err(ShimError::NotFound(_))));
+        });
+    }
+
+    /// A bad spec is refused at Create with nothing left: no cgroup kept.
+    #[test]
+    fn refused_create_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Arc::new(FakeKernel::default());
+        rt().block_on(async {
+            let svc = service(&k);
+            let b = bundle(d.path(), "bad", "hello.wasm");
+            std::fs::write(Path::new(&b).join("rootfs/hello.wasm"), b"not wasm").unwrap();
+            let e = create(&svc, "bad", b).await;
+            assert!(matches!(e, Err(ShimError::InvalidArgument(_))), "{e:?}");
+            assert!(svc.get("bad").is_err());
+        });
+        assert_eq!(k.calls(), vec!["join /test/bad", "unmount bad false", "leave /test/bad"]);
+    }
+}
