@@ -25,8 +25,9 @@ COPY test/bench/http-baseline test/bench/http-baseline
 RUN cargo build --release --locked -p containerd-shim-wasmtime-v1 -p wasmcell
 
 FROM debian:bookworm-slim
-# install.sh needs sh, awk, grep, sed, coreutils, cmp (diffutils) and nsenter
-# (util-linux): all are part of the base image.
+# install.sh needs sh, sed, cksum (coreutils), cmp (diffutils) and nsenter
+# (util-linux), all part of the base image; it edits containerd's config with
+# the wasmcell binary beside the shim (`wasmcell containerd-config add|remove`).
 COPY --from=build /src/target/release/containerd-shim-wasmtime-v1 /src/target/release/wasmcell /opt/wasmcell/bin/
 COPY deploy/node-installer/install.sh /opt/wasmcell/install.sh
 RUN chmod 0755 /opt/wasmcell/install.sh /opt/wasmcell/bin/containerd-shim-wasmtime-v1 /opt/wasmcell/bin/wasmcell

@@ -3,6 +3,8 @@
 //! - `wasmcell image build`: package .wasm files into an OCI image tarball.
 //! - `wasmcell compile`: warm a node's compile cache.
 //! - `wasmcell explain`: print the grants a container's spec gives its guest.
+//! - `wasmcell containerd-config add|remove`: register the CRI runtime handler
+//!   `wasmtime` in containerd's config.toml, or take it out again.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +12,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use wasmcell_oci::image::{ImageFile, ImageSpec};
+
+mod containerd_config;
 
 #[derive(Parser)]
 #[command(name = "wasmcell", version, about = "Tools for the wasmcell containerd shim")]
@@ -41,6 +45,46 @@ enum Command {
         /// Print JSON rows instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Register the CRI runtime handler `wasmtime` in containerd's config
+    /// file, or remove it again.
+    #[command(subcommand)]
+    ContainerdConfig(ContainerdConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ContainerdConfigCmd {
+    /// Register the runtime handler `wasmtime` (io.containerd.wasmtime.v1).
+    ///
+    /// Appends the table `<CRI plugin>.containerd.runtimes.wasmtime` for the
+    /// file's config version (1, 2 or 3) between the marker lines `# wasmcell
+    /// runtime handler` and `# end wasmcell runtime handler`, with runc too if
+    /// the file registers no runtime (version 1 and 2). Keeps the previous file
+    /// as <CONFIG>.wasmcell-backup; creates a `version = 2` file if there is
+    /// none. Changes nothing if the handler is there already; refuses a file it
+    /// cannot edit safely.
+    Add {
+        /// containerd's config file.
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        config: PathBuf,
+        /// Only check that the file can be edited: print nothing but errors,
+        /// change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remove what `add` added.
+    ///
+    /// Restores the backup if the file is otherwise unchanged since `add`,
+    /// deletes a file that `add` created, else removes only the marked block. A
+    /// `wasmtime` runtime registered without the markers is left alone.
+    Remove {
+        /// containerd's config file.
+        #[arg(long, default_value = "/etc/containerd/config.toml")]
+        config: PathBuf,
+        /// Only check that the file can be edited: print nothing but errors,
+        /// change nothing.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -91,6 +135,12 @@ enum ImageCmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::ContainerdConfig(ContainerdConfigCmd::Add { config, check }) => {
+            containerd_config::add(&config, check)
+        }
+        Command::ContainerdConfig(ContainerdConfigCmd::Remove { config, check }) => {
+            containerd_config::remove(&config, check)
+        }
         Command::Image(ImageCmd::Build {
             name,
             output,

@@ -1,7 +1,5 @@
 use std::path::Path;
 
-use cap_std::ambient_authority;
-use cap_std::fs::{Dir, OpenOptionsExt};
 use thiserror::Error;
 
 use crate::classify::{classify, NotWasm, WasmKind};
@@ -134,45 +132,45 @@ pub fn read_entrypoint(rootfs: &Path, guest_path: &str) -> Result<(Vec<u8>, Wasm
 }
 
 /// Opens the Wasm file at `guest_path` (absolute, inside the rootfs) and
-/// classifies it. Resolution happens inside the rootfs directory handle, so
-/// neither `..` nor an absolute symlink can reach a host file.
+/// classifies it. The path resolves as it would inside the container: the
+/// kernel treats the rootfs as `/` for every component (`openat2` with
+/// `RESOLVE_IN_ROOT`), so `..` stops at the rootfs and an absolute symlink
+/// (`/ep.wasm -> /app/main.wasm`) points inside it; no path reaches a host
+/// file.
 pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, EntrypointError> {
-    let root = Dir::open_ambient_dir(rootfs, ambient_authority()).map_err(|source| {
-        EntrypointError::Rootfs {
-            path: rootfs.display().to_string(),
-            source,
-        }
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::AsFd;
+    let root = std::fs::File::open(rootfs).map_err(|source| EntrypointError::Rootfs {
+        path: rootfs.display().to_string(),
+        source,
     })?;
-    let rel = guest_path.trim_start_matches('/');
-    let path = guest_path.to_string();
-    let open_err = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => EntrypointError::NotFound(path.clone()),
-        std::io::ErrorKind::PermissionDenied if e.to_string().contains("outside") => {
-            EntrypointError::Escapes(path.clone())
-        }
-        _ if e.to_string().contains("outside") || e.to_string().contains("escape") => {
-            EntrypointError::Escapes(path.clone())
-        }
-        _ => EntrypointError::Io {
-            path: path.clone(),
-            source: e,
-        },
+    let rel = match guest_path.trim_start_matches('/') {
+        "" => ".",
+        r => r,
     };
+    let path = guest_path.to_string();
+    let open_err = |e: nix::Error| match e {
+        nix::Error::ENOENT | nix::Error::ENOTDIR => EntrypointError::NotFound(path.clone()),
+        nix::Error::EXDEV => EntrypointError::Escapes(path.clone()),
+        e => EntrypointError::Io { path: path.clone(), source: e.into() },
+    };
+    let resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
     // Only a regular file is read. A FIFO (an image layer can carry one)
     // opened for reading would block the shim until a writer appears, so:
-    // a look before opening (no open at all of what is plainly not a file),
-    // then a non-blocking open and a check of what was actually opened (the
-    // name may have been swapped in between).
-    let kind = root.metadata(rel).map_err(open_err)?;
+    // a look through an O_PATH handle first (opening nothing), then a
+    // non-blocking open and a check of what was actually opened (the name
+    // may have been swapped in between).
+    let look = openat2(root.as_fd(), rel, OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(resolve))
+        .map_err(open_err)?;
+    let kind = std::fs::File::from(look).metadata().map_err(|source| EntrypointError::Io { path: path.clone(), source })?;
     if kind.is_dir() {
         return Err(EntrypointError::IsDir(path));
     }
     if !kind.is_file() {
         return Err(EntrypointError::NotAFile(path));
     }
-    let mut options = cap_std::fs::OpenOptions::new();
-    options.read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
-    let file = root.open_with(rel, &options).map_err(open_err)?;
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let file = std::fs::File::from(openat2(root.as_fd(), rel, OpenHow::new().flags(flags).resolve(resolve)).map_err(open_err)?);
     let meta = file.metadata().map_err(|source| EntrypointError::Io {
         path: path.clone(),
         source,
@@ -190,7 +188,6 @@ pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, Entr
             max: MAX_WASM_BYTES,
         });
     }
-    let file = file.into_std();
     let mut head = [0u8; 16];
     let n = read_head(&file, &mut head).map_err(|source| EntrypointError::Io {
         path: path.clone(),
@@ -287,5 +284,25 @@ mod tests {
         assert!(read_entrypoint(d.path(), "/../../etc/passwd").is_err());
         let missing = d.path().join("nope");
         assert!(matches!(read_entrypoint(&missing, "/app.wasm"), Err(EntrypointError::Rootfs { .. })));
+    }
+
+    /// An absolute symlink means what it means inside the container: a path
+    /// from the rootfs, not from the host's `/` (issue 20, item 7). A host
+    /// file at the same absolute path is never what is read.
+    #[test]
+    fn absolute_symlinks_resolve_inside_the_rootfs() {
+        let d = rootfs();
+        symlink("/app.wasm", d.path().join("ep_abs.wasm")).unwrap();
+        symlink("/bin/../app.wasm", d.path().join("ep_dotdot.wasm")).unwrap();
+        symlink("/../../../../app.wasm", d.path().join("ep_above.wasm")).unwrap();
+        for link in ["/ep_abs.wasm", "/ep_dotdot.wasm", "/ep_above.wasm"] {
+            let (bytes, _) = read_entrypoint(d.path(), link).unwrap_or_else(|e| panic!("{link}: {e}"));
+            assert_eq!(bytes, MODULE, "{link}");
+        }
+        // The host's /tmp/<name> is not the rootfs's.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("host.wasm"), MODULE).unwrap();
+        symlink(host.path().join("host.wasm"), d.path().join("to_host.wasm")).unwrap();
+        assert!(matches!(read_entrypoint(d.path(), "/to_host.wasm"), Err(EntrypointError::NotFound(_))));
     }
 }

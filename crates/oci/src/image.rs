@@ -42,6 +42,9 @@ pub enum ImageError {
     },
     #[error("write image: {0}")]
     Write(#[from] std::io::Error),
+    /// An input that was to be read as an image tarball is not one.
+    #[error("not an OCI image layout tarball: {0}")]
+    NotLayout(String),
     #[error("image metadata: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("{path}: only WebAssembly files can be Wasm layers ({reason})")]
@@ -482,6 +485,17 @@ mod tests {
         assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{ldigest}"));
     }
 
+    /// A tarball that is not one reads as such, never as a write failure.
+    #[test]
+    fn not_a_layout_is_named_so() {
+        for input in [&b"garbage, not a tar at all"[..], &[0u8; 1024][..]] {
+            let e = wasm_files(input).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.starts_with("not an OCI image layout"), "{msg}");
+            assert!(!msg.contains("write image"), "{msg}");
+        }
+    }
+
     #[test]
     fn wasm_files_come_back_out_of_the_tarball() {
         let d = tempfile::tempdir().unwrap();
@@ -521,13 +535,14 @@ pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>,
     let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
     let mut index = None;
     let mut archive = tar::Archive::new(tarball);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.display().to_string();
+    let tar_err = |e: std::io::Error| ImageError::NotLayout(e.to_string());
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let path = entry.path().map_err(tar_err)?.display().to_string();
         let path = path.trim_start_matches("./").to_string();
         if path == "index.json" || path.starts_with("blobs/sha256/") {
             let mut data = Vec::new();
-            entry.read_to_end(&mut data)?;
+            entry.read_to_end(&mut data).map_err(tar_err)?;
             if path == "index.json" {
                 index = Some(data);
             } else {
@@ -535,7 +550,7 @@ pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>,
             }
         }
     }
-    let bad = |what: &str| ImageError::Write(std::io::Error::other(format!("not an OCI image layout: {what}")));
+    let bad = |what: &str| ImageError::NotLayout(what.to_string());
     let index: serde_json::Value = serde_json::from_slice(&index.ok_or_else(|| bad("no index.json"))?)
         .map_err(|e| bad(&e.to_string()))?;
     let blob = |digest: &str| -> Result<&Vec<u8>, ImageError> {

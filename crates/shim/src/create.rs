@@ -50,9 +50,17 @@ fn not_wasm_hint(e: EntrypointError, role: &Role) -> ShimError {
 /// container's spec asks for; otherwise none at all.
 fn socket_scope(network: &Network, joined: &Joined) -> SocketScope {
     match (network, joined) {
+        (_, Joined::Failed(_)) => {
+            log::warn!("the shim could not enter its network ({joined:?}): no sockets granted");
+            SocketScope::Denied
+        }
         (Network::Host, Joined::Host) => SocketScope::Namespace { dns: true },
         (Network::Private, Joined::Private) => SocketScope::Namespace { dns: false },
-        (Network::Namespace(p), Joined::Path(q)) if p == q || netns::is_current(p) => SocketScope::Namespace { dns: true },
+        (Network::Namespace(p), Joined::Path(q)) if p == q => SocketScope::Namespace { dns: true },
+        // Whatever the shim joined, a path that names the namespace it is in
+        // is that network: a hostNetwork pod's containers name the sandbox's
+        // (the shim's own, the host's) as /proc/<shim pid>/ns/net.
+        (Network::Namespace(p), _) if netns::is_current(p) => SocketScope::Namespace { dns: true },
         _ => {
             log::warn!("guest network {network:?} differs from the shim's ({joined:?}): no sockets granted");
             SocketScope::Denied
@@ -209,7 +217,10 @@ impl TaskService {
         let rootfs = grants.root.host().expect("root is a host dir").to_path_buf();
         let entry = grants.program.entrypoint.clone();
         let opened = blocking(move || wasmcell_oci::open_entrypoint(&rootfs, &entry)).await?;
-        let engine = self.engine_with(req.options.as_ref())?;
+        // The first Create makes the engine (Wasmtime's, and the linkers):
+        // blocking work, kept off the RPC threads like the rest.
+        let (svc, options) = (self.clone(), req.options.clone().into_option());
+        let engine = blocking(move || svc.engine_with(options.as_ref())).await??;
         let program = match opened {
             Ok(file) => {
                 // Its stats of the layer directories block too.

@@ -118,3 +118,76 @@ fn device_node_in_an_image_through_cri() {
     c.remove_pod(&pod).unwrap();
     c.stop_and_check_clean();
 }
+
+/// Issue 20, item 7: a hostNetwork pod's containers get the host's network,
+/// as `docs/capabilities.md` says. CRI names the sandbox's namespace (the
+/// shim's own, the host's) by path; the shim used to see a path where it had
+/// joined none and granted no sockets (`Permission denied`).
+#[test]
+fn host_network_pod_gets_the_hosts_network() {
+    use k8s_cri::v1 as cri;
+    let c = Cri::start();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            use std::io::Write;
+            let _ = s.write_all(b"hello from the host\n");
+        }
+    });
+    let node = || cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() };
+    let mut pod_cfg = c.pod_config("hostnet");
+    pod_cfg.linux.as_mut().unwrap().security_context =
+        Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(node()), ..Default::default() });
+    let pod = c.run_pod(&pod_cfg).expect("RunPodSandbox");
+    let mut cfg = c.container_config("client", &["/probe.wasm", "connect", &addr], &[]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext { namespace_options: Some(node()), ..Default::default() }),
+        ..Default::default()
+    });
+    let id = c.create(&pod, &pod_cfg, cfg).expect("CreateContainer");
+    c.start_container(&id).expect("StartContainer");
+    let status = c.wait_exited(&id);
+    let lines = c.wait_log_lines(&pod_cfg, "client", "connect");
+    assert_eq!(status.exit_code, 0, "{lines:?}");
+    assert!(lines.iter().any(|(_, l)| l.contains("ok hello from the host")), "{lines:?}");
+    server.join().unwrap();
+    c.remove_container(&id).unwrap();
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
+    c.stop_and_check_clean();
+}
+
+/// Issue 20, item 7: an entrypoint that is an absolute symlink inside the
+/// image (`/ep_abs.wasm -> /probe.wasm`) runs, as it would in a Linux
+/// container; one pointing at a host path finds nothing (the rootfs has no
+/// such file), never the host's file.
+#[test]
+fn absolute_symlink_entrypoint_resolves_inside_the_rootfs() {
+    let c = Containerd::start();
+    let host_wasm = c.dir.path().join("host-only.wasm");
+    std::fs::copy(probe(), &host_wasm).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, target) in [("ep_abs.wasm", "/probe.wasm".to_string()), ("to_host.wasm", host_wasm.display().to_string())] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    let base = c.build_image("wasmcell.test/links:base", &[probe()], &[]);
+    let img = c.dir.path().join("links.tar");
+    add_layer(&base, &img, "wasmcell.test/links:latest", b.into_inner().unwrap());
+    c.ctr(&["images", "import", "--all-platforms", img.to_str().unwrap()]).ok();
+    let run = |id: &str, ep: &str| {
+        c.ctr(&["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME, "wasmcell.test/links:latest", id, ep, "print", "ran"])
+    };
+    let r = run("abs-link", "/ep_abs.wasm");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("print ran: ok ran"), "{r:?}");
+    let r = run("host-link", "/to_host.wasm");
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("not found in the container's rootfs"), "{r:?}");
+    c.stop_and_check_clean();
+}

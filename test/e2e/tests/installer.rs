@@ -1,13 +1,16 @@
 //! The node installer, `deploy/node-installer/install.sh`, on sample nodes.
 //!
 //! A temp dir stands for the node's `/` (`HOST_ROOT`), containerd is never
-//! restarted (`RESTART=false`) and the shim is a stand-in script. For each
-//! sample config: `install` puts the shim in place and registers exactly one
-//! `wasmtime` runtime table (and no table twice: containerd refuses a file
-//! with a duplicate table); a second `install` leaves every byte as it was;
-//! containerd itself reads the result (`containerd --config F config dump`)
-//! and sees the handler next to its default runtime `runc`; `uninstall`
-//! restores the config byte for byte and removes the shim.
+//! restarted (`RESTART=false`), the shim is a stand-in script and the
+//! config is edited by the workspace's release `wasmcell` (`wasmcell
+//! containerd-config add|remove`), which the installer also installs. For
+//! each sample config: `install` puts the shim and wasmcell in place and
+//! registers exactly one `wasmtime` runtime table (and no table twice:
+//! containerd refuses a file with a duplicate table); a second `install`
+//! leaves every byte as it was; containerd itself reads the result
+//! (`containerd --config F config dump`) and sees the handler next to its
+//! default runtime `runc`; `uninstall` restores the config byte for byte and
+//! removes both binaries.
 //!
 //! Which containerd checks what:
 //! - `containerd` on PATH (Debian 12's 1.6.20; `make test` installs it) reads
@@ -16,20 +19,23 @@
 //!   sample is checked with a containerd 2.x binary when `WASMCELL_CONTAINERD_2`
 //!   names one (`test/scripts/containerd-versions.sh 2.1` fetches one and
 //!   prints its path). Without it, that sample is checked only structurally,
-//!   by the table-header reader below: one `wasmtime` table, in the section
+//!   by reading it with `toml_edit`: one `wasmtime` table, in the section
 //!   containerd 2.x reads, with the right runtime_type, and no table twice.
 //!   The test says so on stderr; it does not pass silently on a missing binary.
 //!
 //! The samples were written for this test in the shape of real nodes' files
 //! (`containerd config default` of 1.6/1.7 and 2.x, Debian's packaged file).
 
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use toml_edit::{DocumentMut, TableLike};
+use wasmcell_e2e::target_dir;
+
 const SHIM: &str = "containerd-shim-wasmtime-v1";
+const CLI: &str = "wasmcell";
 const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
 
 /// Stands in for the shim binary; the installer runs `SHIM -v` for its version.
@@ -179,6 +185,13 @@ fn containerd_2() -> Option<PathBuf> {
     Some(p)
 }
 
+/// The workspace's release `wasmcell`, which the installer runs and installs.
+fn wasmcell() -> PathBuf {
+    let p = target_dir().join(CLI);
+    assert!(p.is_file(), "{} is missing: cargo build --release --workspace", p.display());
+    p
+}
+
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -204,6 +217,10 @@ impl Node {
         let shim = bin.join(SHIM);
         fs::write(&shim, FAKE_SHIM).unwrap();
         fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+        // A link, not a copy: a test thread writing an executable while another
+        // forks lets the child inherit the write descriptor, and running the
+        // file then fails with "Text file busy". The installer copies through it.
+        std::os::unix::fs::symlink(wasmcell(), bin.join(CLI)).unwrap();
         Node { _dir: dir, root, bin }
     }
 
@@ -213,6 +230,10 @@ impl Node {
 
     fn installed_shim(&self) -> PathBuf {
         self.root.join("usr/local/bin").join(SHIM)
+    }
+
+    fn installed_cli(&self) -> PathBuf {
+        self.root.join("usr/local/bin").join(CLI)
     }
 
     fn read_config(&self) -> String {
@@ -252,130 +273,65 @@ impl Node {
     }
 }
 
-// --- reading TOML table headers -------------------------------------------------
-
-/// A dotted key with quotes and whitespace normalised: bare keys bare, all
-/// others double-quoted, so `a . 'b.c'` and `a."b.c"` read the same.
-fn normalise_key(s: &str) -> String {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut quote: Option<char> = None;
-    for c in s.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => cur.push(c),
-            None => match c {
-                '"' | '\'' => quote = Some(c),
-                '.' => parts.push(std::mem::take(&mut cur)),
-                c if c.is_whitespace() => {}
-                c => cur.push(c),
-            },
-        }
-    }
-    parts.push(cur);
-    parts
-        .into_iter()
-        .map(|p| {
-            if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                p
-            } else {
-                format!("\"{p}\"")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// Position of `ch` outside quoted strings.
-fn find_unquoted(s: &str, ch: char) -> Option<usize> {
-    let mut quote: Option<char> = None;
-    for (i, c) in s.char_indices() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '"' || c == '\'' => quote = Some(c),
-            None if c == ch => return Some(i),
-            None => {}
-        }
-    }
-    None
-}
-
-/// The file's lines as (table, key, value): every key/value line with the
-/// normalised path of the table it is in; table headers as (table, "", "").
-/// Enough TOML for containerd configs and dumps: skips comments and the
-/// continuation lines of multi-line arrays.
-fn entries(toml: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut table = String::new();
-    let mut depth = 0i32;
-    for raw in toml.lines() {
-        let line = raw.trim();
-        if depth > 0 {
-            depth += line.matches('[').count() as i32 - line.matches(']').count() as i32;
-            continue;
-        }
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix('[') {
-            let rest = rest.strip_prefix('[').unwrap_or(rest);
-            let end = find_unquoted(rest, ']').unwrap_or_else(|| panic!("bad table header: {raw}"));
-            table = normalise_key(&rest[..end]);
-            out.push((table.clone(), String::new(), String::new()));
-            continue;
-        }
-        if let Some(eq) = find_unquoted(line, '=') {
-            let key = normalise_key(&line[..eq]);
-            let mut value = line[eq + 1..].trim().to_string();
-            if let Some(h) = find_unquoted(&value, '#') {
-                value = value[..h].trim().to_string();
-            }
-            if value.starts_with('[') {
-                depth = value.matches('[').count() as i32 - value.matches(']').count() as i32;
-            }
-            out.push((table.clone(), key, value));
-        }
-    }
-    out
-}
-
-fn unquote(v: &str) -> &str {
-    v.trim().trim_matches(|c| c == '"' || c == '\'')
-}
+// --- reading TOML ---------------------------------------------------------------
 
 /// The CRI section that holds `containerd.runtimes` for a config schema.
-fn plugin_path(schema: u32) -> &'static str {
+fn plugin_path(schema: u32) -> &'static [&'static str] {
     match schema {
-        1 => "plugins.cri",
-        2 => "plugins.\"io.containerd.grpc.v1.cri\"",
-        3 => "plugins.\"io.containerd.cri.v1.runtime\"",
+        1 => &["plugins", "cri"],
+        2 => &["plugins", "io.containerd.grpc.v1.cri"],
+        3 => &["plugins", "io.containerd.cri.v1.runtime"],
         _ => unreachable!(),
     }
 }
 
+/// A config or a dump, parsed. toml_edit refuses a table defined twice, as
+/// containerd does.
+fn parse(toml: &str) -> DocumentMut {
+    toml.parse().unwrap_or_else(|e| panic!("not valid TOML (containerd refuses the file): {e}\n{toml}"))
+}
+
+/// The key paths of every table in the document (header, implicit, dotted
+/// or inline).
+fn table_paths(doc: &DocumentMut) -> Vec<Vec<String>> {
+    fn walk(t: &dyn TableLike, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        for (k, item) in t.iter() {
+            if let Some(sub) = item.as_table_like() {
+                path.push(k.to_string());
+                out.push(path.clone());
+                walk(sub, path, out);
+                path.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(doc.as_table(), &mut Vec::new(), &mut out);
+    out
+}
+
 /// The runtime_type of runtime NAME in TOML (a config or a dump), for schema.
 fn runtime_types(toml: &str, schema: u32, name: &str) -> Vec<String> {
-    let table = format!("{}.containerd.runtimes.{name}", plugin_path(schema));
-    entries(toml)
-        .into_iter()
-        .filter(|(t, k, _)| *t == table && k == "runtime_type")
-        .map(|(_, _, v)| unquote(&v).to_string())
-        .collect()
+    let doc = parse(toml);
+    let mut item = doc.as_item();
+    for key in plugin_path(schema).iter().chain(&["containerd", "runtimes", name, "runtime_type"]) {
+        match item.get(key) {
+            Some(i) => item = i,
+            None => return Vec::new(),
+        }
+    }
+    vec![item.as_str().unwrap_or_else(|| panic!("runtime_type of {name} is not a string:\n{toml}")).to_string()]
 }
 
 /// What containerd insists on, read from the file itself: no table defined
 /// twice, exactly one `wasmtime` runtime table, in the section of the file's
 /// schema, with wasmcell's runtime_type; and runc still registered.
 fn check_registered(toml: &str, schema: u32) {
-    let headers: Vec<String> = entries(toml).into_iter().filter(|(_, k, _)| k.is_empty()).map(|(t, _, _)| t).collect();
-    let mut seen = HashSet::new();
-    for h in &headers {
-        assert!(seen.insert(h.clone()), "table [{h}] is defined twice (containerd refuses the file):\n{toml}");
-    }
-    let wasmtime: Vec<&String> = headers.iter().filter(|h| h.ends_with(".containerd.runtimes.wasmtime")).collect();
-    let want = format!("{}.containerd.runtimes.wasmtime", plugin_path(schema));
-    assert_eq!(wasmtime, vec![&want], "expected exactly one wasmtime runtime table, [{want}]:\n{toml}");
+    let doc = parse(toml);
+    let wasmtime: Vec<Vec<String>> =
+        table_paths(&doc).into_iter().filter(|p| p.ends_with(&["containerd".into(), "runtimes".into(), "wasmtime".into()])).collect();
+    let mut want: Vec<String> = plugin_path(schema).iter().map(|k| k.to_string()).collect();
+    want.extend(["containerd", "runtimes", "wasmtime"].map(String::from));
+    assert_eq!(wasmtime, vec![want.clone()], "expected exactly one wasmtime runtime table, {want:?}:\n{toml}");
     assert_eq!(runtime_types(toml, schema, "wasmtime"), vec![RUNTIME_TYPE.to_string()], "{toml}");
     assert_eq!(
         runtime_types(toml, schema, "runc"),
@@ -403,7 +359,7 @@ fn check_dump(containerd: &Path, config: &Path) {
     );
     assert!(dump.contains(RUNTIME_TYPE), "{}: dump lacks {RUNTIME_TYPE}:\n{dump}", containerd.display());
     // A dump is written in the running containerd's own schema.
-    let schema = if dump.lines().any(|l| l.trim() == "version = 3") { 3 } else { 2 };
+    let schema = if parse(&dump).get("version").and_then(|v| v.as_integer()) == Some(3) { 3 } else { 2 };
     assert_eq!(
         runtime_types(&dump, schema, "wasmtime"),
         vec![RUNTIME_TYPE.to_string()],
@@ -428,6 +384,9 @@ fn cycle(original: Option<&str>, schema: u32, validate: &dyn Fn(&Path)) -> Strin
     let shim = node.installed_shim();
     assert_eq!(fs::read_to_string(&shim).unwrap(), FAKE_SHIM, "shim not copied:\n{out}");
     assert_eq!(fs::metadata(&shim).unwrap().permissions().mode() & 0o777, 0o755);
+    let cli = node.installed_cli();
+    assert_eq!(fs::read(&cli).unwrap(), fs::read(wasmcell()).unwrap(), "wasmcell not copied:\n{out}");
+    assert_eq!(fs::metadata(&cli).unwrap().permissions().mode() & 0o777, 0o755);
     let installed = node.read_config();
     check_registered(&installed, schema);
     validate(&node.config());
@@ -443,6 +402,7 @@ fn cycle(original: Option<&str>, schema: u32, validate: &dyn Fn(&Path)) -> Strin
         None => assert!(!node.config().exists(), "uninstall left the config it created:\n{out}"),
     }
     assert!(!shim.exists(), "uninstall left the shim:\n{out}");
+    assert!(!cli.exists(), "uninstall left wasmcell:\n{out}");
     assert_eq!(node.etc_entries(), before, "uninstall left files behind:\n{out}");
 
     // Uninstalling again finds nothing to do and changes nothing.
@@ -532,6 +492,7 @@ fn wasmtime_registered_by_hand_is_left_alone() {
     let out = node.ok("uninstall");
     assert_eq!(node.read_config(), original, "{out}");
     assert!(!node.installed_shim().exists());
+    assert!(!node.installed_cli().exists());
     assert_eq!(node.etc_entries(), vec!["config.toml".to_string()]);
 }
 
@@ -552,6 +513,7 @@ fn missing_config_directory_is_an_error() {
     assert!(!out.status.success(), "install must refuse a node without /etc/containerd:\n{}", text(&out));
     assert!(text(&out).contains("HOST_ROOT"), "{}", text(&out));
     assert!(!node.installed_shim().exists(), "nothing may change when install refuses");
+    assert!(!node.installed_cli().exists(), "nothing may change when install refuses");
 }
 
 #[test]
@@ -572,6 +534,8 @@ fn conflicting_wasmtime_runtime_is_refused() {
     assert!(text(&out).contains("already defines a runtime named wasmtime"), "{}", text(&out));
     assert_eq!(node.read_config(), original);
     assert!(!node.installed_shim().exists(), "nothing may change when install refuses");
+    assert!(!node.installed_cli().exists(), "nothing may change when install refuses");
+    assert_eq!(node.etc_entries(), vec!["config.toml".to_string()], "no backup or temp file left");
 }
 
 #[test]
@@ -602,19 +566,18 @@ fn outdated_block_is_rewritten_in_place() {
 }
 
 #[test]
-fn toml_reader_normalises_keys() {
-    assert_eq!(
-        normalise_key(" plugins . 'io.containerd.cri.v1.runtime' . containerd"),
-        "plugins.\"io.containerd.cri.v1.runtime\".containerd"
-    );
-    assert_eq!(normalise_key("plugins.\"cri\""), "plugins.cri");
-    let e = entries("a = [\n  \"[x]\",\n]\n[t . 'u']\nk = 'v' # c\n");
-    assert_eq!(
-        e,
-        vec![
-            ("".into(), "a".into(), "[".into()),
-            ("t.u".into(), "".into(), "".into()),
-            ("t.u".into(), "k".into(), "'v'".into())
-        ]
-    );
+fn toml_reader_reads_any_spelling() {
+    // Quoting, spacing, dotted keys and inline tables all name the same table.
+    let spellings = [
+        "[ plugins . 'io.containerd.cri.v1.runtime' . containerd.runtimes.wasmtime ]\nruntime_type = 'x'\n",
+        "[plugins.\"io.containerd.cri.v1.runtime\".containerd]\nruntimes.wasmtime.runtime_type = \"x\"\n",
+        "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes]\nwasmtime = { runtime_type = \"x\" }\n",
+    ];
+    for toml in spellings {
+        assert_eq!(runtime_types(toml, 3, "wasmtime"), vec!["x".to_string()], "{toml}");
+        let paths = table_paths(&parse(toml));
+        assert!(paths.iter().any(|p| p.last().map(String::as_str) == Some("wasmtime")), "{paths:?}");
+    }
+    assert!(runtime_types("a = [\n  \"[x]\",\n]\n", 3, "wasmtime").is_empty());
+    assert!("[t]\n[t]\n".parse::<DocumentMut>().is_err(), "a table defined twice must not parse");
 }
