@@ -2,6 +2,7 @@
 #
 #   make demo    build, start a private containerd, run the hello component through it
 #   make test    unit tests + end-to-end suites against a private containerd (root)
+#   make lint    rustfmt, clippy (-D warnings, SAFETY notes), Dockerfile context (no root)
 #   make bench   ctr run --rm of a component vs a runc container, same run, as ratios
 #   make stress  1000 containers, 16 at a time, through containerd; nothing may leak
 #
@@ -15,7 +16,7 @@ SHIM      := $(RELEASE)/containerd-shim-wasmtime-v1
 CLI       := $(RELEASE)/wasmcell
 TEST_THREADS ?= 2
 
-.PHONY: all build deps containerd-versions test unit e2e demo bench fixtures install uninstall clean
+.PHONY: all build deps containerd-versions test unit e2e demo bench fixtures install uninstall clean lint
 
 all: build
 
@@ -34,6 +35,14 @@ CONTAINERD_2 = $$(bash test/scripts/containerd-versions.sh 2.1 | awk '{print $$2
 
 build:
 	$(CARGO) build --release --workspace --locked
+
+## Formatting, lints and the Dockerfile's build context. Needs no root and no
+## containerd; .ci/run runs it before `make test`.
+lint:
+	@command -v protoc >/dev/null 2>&1 || bash test/scripts/deps.sh
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets --locked -- -D warnings
+	bash test/scripts/dockerfile-context.sh
 
 ## One build profile (release) for binaries and tests alike, so CI builds once.
 test: deps containerd-versions build

@@ -321,27 +321,35 @@ pub fn plan_add(current: Option<&str>, name: &str) -> Result<AddPlan> {
     let mut notes: Vec<(bool, String)> = Vec::new();
 
     if schema == 1 {
-        notes.push((true, format!(
-            "{name} is a version 1 config (no 'version = 2' line). containerd 1.x reads it, but containerd 2.x \
+        notes.push((
+            true,
+            format!(
+                "{name} is a version 1 config (no 'version = 2' line). containerd 1.x reads it, but containerd 2.x \
              ignores the CRI settings of a version 1 file, this handler included; convert it with \
              'containerd config migrate'."
-        )));
+            ),
+        ));
     }
     if let Some(d) = doc.get("disabled_plugins") {
         let cri = ["cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"];
         if d.as_array().is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| cri.contains(&s)))) {
-            notes.push((true, format!(
+            notes.push((
+                true,
+                format!(
                 "{name} disables the CRI plugin (disabled_plugins = {}): Kubernetes cannot use this containerd until \
                  it is enabled",
                 d.to_string().trim()
-            )));
+            ),
+            ));
         }
     }
 
     let (existing, others, inline) = match runtimes(&doc, schema) {
         Runtimes::Missing => (Wasmtime::Absent, false, None),
         Runtimes::WrongType { path, found } => {
-            bail!("{name}: {path} is {found}, not a table, so the table [{table}] cannot be added; fix the file by hand")
+            bail!(
+                "{name}: {path} is {found}, not a table, so the table [{table}] cannot be added; fix the file by hand"
+            )
         }
         Runtimes::Found { table: t, inline } => (wasmtime(t), t.iter().any(|(k, _)| k != "wasmtime"), inline),
     };
@@ -376,7 +384,13 @@ pub fn plan_add(current: Option<&str>, name: &str) -> Result<AddPlan> {
                     ),
                 ));
             }
-            return Ok(AddPlan { action: AddAction::Keep, text: current.to_string(), block: String::new(), schema, notes });
+            return Ok(AddPlan {
+                action: AddAction::Keep,
+                text: current.to_string(),
+                block: String::new(),
+                schema,
+                notes,
+            });
         }
         Wasmtime::Absent => {}
     }
@@ -392,19 +406,25 @@ pub fn plan_add(current: Option<&str>, name: &str) -> Result<AddPlan> {
         }
         if let Runtimes::Found { table: t, .. } = runtimes(&doc, other) {
             if !matches!(wasmtime(t), Wasmtime::Absent) {
-                notes.push((true, format!(
+                notes.push((
+                    true,
+                    format!(
                     "{name} also defines a runtime wasmtime in the section of schema {other} ({}); a version {schema} \
                      file registers CRI runtimes under [{table}]",
                     dotted(plugin_keys(other))
-                )));
+                ),
+                ));
             }
         }
     }
     if marked.is_empty() && doc.contains_key("imports") {
-        notes.push((true, format!(
+        notes.push((
+            true,
+            format!(
             "{name} uses 'imports'. On containerd 1.6, an imported file that defines the CRI plugin section replaces \
              this file's CRI section, including the block added here; if so, put the block in that file instead."
-        )));
+        ),
+        ));
     }
 
     // containerd 1.x replaces its built-in runtimes (runc) with the file's:
@@ -869,7 +889,10 @@ root = "/var/lib/containerd"
         );
         assert!(add_err(&wrong).contains("already defines a runtime named wasmtime"), "{}", add_err(&wrong));
         // Inside and outside the block: refused.
-        let both = format!("{}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n", add_text(V2).text);
+        let both = format!(
+            "{}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime.options]\n",
+            add_text(V2).text
+        );
         assert!(add_err(&both).contains("both inside the wasmcell block and outside it"), "{}", add_err(&both));
     }
 
@@ -925,7 +948,8 @@ root = "/var/lib/containerd"
     }
 
     fn entries(d: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> =
+            fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }

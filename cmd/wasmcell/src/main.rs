@@ -135,9 +135,7 @@ enum ImageCmd {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::ContainerdConfig(ContainerdConfigCmd::Add { config, check }) => {
-            containerd_config::add(&config, check)
-        }
+        Command::ContainerdConfig(ContainerdConfigCmd::Add { config, check }) => containerd_config::add(&config, check),
         Command::ContainerdConfig(ContainerdConfigCmd::Remove { config, check }) => {
             containerd_config::remove(&config, check)
         }
@@ -154,10 +152,7 @@ fn main() -> Result<()> {
             artifact,
             files,
         }) => {
-            let files = files
-                .iter()
-                .map(|f| f.parse::<ImageFile>())
-                .collect::<Result<Vec<_>, _>>()?;
+            let files = files.iter().map(|f| f.parse::<ImageFile>()).collect::<Result<Vec<_>, _>>()?;
             let spec = ImageSpec {
                 name,
                 files,
@@ -176,8 +171,7 @@ fn main() -> Result<()> {
                 },
             };
             let tmp = output.with_extension("tmp");
-            let file = std::fs::File::create(&tmp)
-                .with_context(|| format!("create {}", tmp.display()))?;
+            let file = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
             let built = match wasmcell_oci::image::build(&spec, std::io::BufWriter::new(file)) {
                 Ok(b) => b,
                 Err(e) => {
@@ -228,21 +222,12 @@ fn main() -> Result<()> {
             let (bundle, config) = if path.is_dir() {
                 (path.clone(), path.join("config.json"))
             } else {
-                (
-                    path.parent().map(PathBuf::from).unwrap_or_default(),
-                    path.clone(),
-                )
+                (path.parent().map(PathBuf::from).unwrap_or_default(), path.clone())
             };
-            let bytes =
-                std::fs::read(&config).with_context(|| format!("read {}", config.display()))?;
+            let bytes = std::fs::read(&config).with_context(|| format!("read {}", config.display()))?;
             let spec = wasmcell_grants::parse_spec(&bytes)?;
-            let annotations: HashMap<String, String> =
-                spec.annotations().clone().unwrap_or_default();
-            let grants = match wasmcell_grants::grants(
-                &spec,
-                &annotations,
-                &wasmcell_grants::Options { bundle },
-            ) {
+            let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
+            let grants = match wasmcell_grants::grants(&spec, &annotations, &wasmcell_grants::Options { bundle }) {
                 Ok(g) => g,
                 Err(e) => bail!("this container would be refused: {e}"),
             };

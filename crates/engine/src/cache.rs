@@ -63,10 +63,7 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig {
-            dir: DEFAULT_DIR.into(),
-            max_bytes: DEFAULT_MAX_BYTES,
-        }
+        CacheConfig { dir: DEFAULT_DIR.into(), max_bytes: DEFAULT_MAX_BYTES }
     }
 }
 
@@ -278,7 +275,13 @@ impl Cache {
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let put = || -> std::io::Result<()> {
-            OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?.write_all(digest.as_bytes())?;
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+                .write_all(digest.as_bytes())?;
             std::fs::rename(&tmp, &path)
         };
         if put().is_err() {
@@ -340,7 +343,6 @@ impl Cache {
             .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
             .unwrap_or(0)
     }
-
 }
 
 /// Whether the cache directory `dir` may be trusted by a process of user
@@ -487,7 +489,9 @@ fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, crate::EngineError> {
     r.map_err(crate::EngineError::compile)
 }
 
-// SAFETY (both loaders): an artifact comes from `Cache::get_or_compile`:
+// Why the loaders below are sound (each unsafe block refers here): an
+// `Artifact` can only be made by `Cache::get_or_compile` and
+// `Artifact::compiled` (its fields are private to this module):
 // either it was just produced by `Engine::precompile` of an engine with the
 // same configuration, in this process or in a child running this same
 // binary (in memory, or written and reopened by this process), or
@@ -504,7 +508,10 @@ pub(crate) fn load_component(
 ) -> Result<wasmtime::component::Component, crate::EngineError> {
     use wasmtime::component::Component;
     match &artifact.0 {
+        // SAFETY: bytes this engine's configuration just compiled (see above).
         Art::Bytes(b) => loaded(unsafe { Component::deserialize(engine, b) }),
+        // SAFETY: a cache entry verified against its checksum, mapped through
+        // the open file that was verified (see above).
         Art::File(f) => match unsafe { Component::deserialize_file(engine, fd_path(f)) } {
             Ok(c) => Ok(c),
             // No /proc (an unusual host): the verified bytes, copied.
@@ -512,6 +519,7 @@ pub(crate) fn load_component(
                 let bytes = artifact
                     .to_vec()
                     .map_err(|e| crate::EngineError::Io { what: "cached artifact".into(), reason: e.to_string() })?;
+                // SAFETY: the verified entry's bytes, copied (see above).
                 loaded(unsafe { Component::deserialize(engine, bytes) })
             }
             Err(e) => loaded(Err(e)),
@@ -520,14 +528,20 @@ pub(crate) fn load_component(
 }
 
 /// Loads a module artifact returned by [`Cache::get_or_compile`].
-pub(crate) fn load_module(engine: &wasmtime::Engine, artifact: &Artifact) -> Result<wasmtime::Module, crate::EngineError> {
+pub(crate) fn load_module(
+    engine: &wasmtime::Engine,
+    artifact: &Artifact,
+) -> Result<wasmtime::Module, crate::EngineError> {
     use wasmtime::Module;
     match &artifact.0 {
+        // SAFETY: bytes this engine's configuration just compiled (see above).
         Art::Bytes(b) => loaded(unsafe { Module::deserialize(engine, b) }),
         Art::File(f) => {
             let f = f
                 .try_clone()
                 .map_err(|e| crate::EngineError::Io { what: "cached artifact".into(), reason: e.to_string() })?;
+            // SAFETY: a cache entry verified against its checksum, read from
+            // the open file that was verified (see above).
             loaded(unsafe { Module::deserialize_open_file(engine, f) })
         }
     }
@@ -590,7 +604,7 @@ mod tests {
             c.remember_digest(&file_id(100 + n), &digest(b"x"));
         }
         let left = std::fs::read_dir(d.path().join("cache/ids")).unwrap().count();
-        assert!(left <= MAX_IDS && left >= MAX_IDS / 2, "{left} identities left");
+        assert!((MAX_IDS / 2..=MAX_IDS).contains(&left), "{left} identities left");
         assert_eq!(c.known_digest(&file_id(100 + MAX_IDS as u64)), Some(digest(b"x")), "the newest stays");
     }
 

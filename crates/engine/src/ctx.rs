@@ -5,11 +5,11 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use wasmcell_grants::{DirSource, Grants, Limits};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmcell_grants::{DirSource, Grants, Limits};
 
 use crate::limiter::MemoryLimiter;
 use crate::EngineError;
@@ -25,11 +25,7 @@ pub struct P2State {
 
 impl wasmtime_wasi_http::WasiHttpView for P2State {
     fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
-        wasmtime_wasi_http::WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        wasmtime_wasi_http::WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -78,10 +74,7 @@ fn _send_result_type_check(_: SendResult) {}
 
 impl WasiView for P2State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -141,18 +134,10 @@ impl GuestConfig {
     /// created under `private_root`, which the caller removes with the
     /// container. Bind sources must exist and be directories: a file bind
     /// (e.g. `/etc/hosts`) cannot be preopened and is skipped with a warning.
-    pub fn from_grants(
-        grants: &Grants,
-        private_root: &Path,
-        sockets: SocketScope,
-    ) -> Result<Self, EngineError> {
+    pub fn from_grants(grants: &Grants, private_root: &Path, sockets: SocketScope) -> Result<Self, EngineError> {
         let mut preopens = Vec::new();
         let root = grants.root.host().expect("root is a host directory");
-        preopens.push(Preopen {
-            host: root.to_path_buf(),
-            guest: "/".into(),
-            readonly: grants.root.readonly,
-        });
+        preopens.push(Preopen { host: root.to_path_buf(), guest: "/".into(), readonly: grants.root.readonly });
         for (i, d) in grants.dirs.iter().enumerate() {
             let host = match &d.source {
                 DirSource::Host(h) => {
@@ -179,11 +164,7 @@ impl GuestConfig {
                     p
                 }
             };
-            preopens.push(Preopen {
-                host,
-                guest: d.guest.clone(),
-                readonly: d.readonly,
-            });
+            preopens.push(Preopen { host, guest: d.guest.clone(), readonly: d.readonly });
         }
         Ok(GuestConfig {
             argv: grants.program.argv.clone(),
@@ -201,16 +182,11 @@ impl GuestConfig {
         let mut b = WasiCtxBuilder::new();
         b.args(&self.argv).envs(&self.env).initial_cwd(&self.cwd);
         for p in &self.preopens {
-            let perms = if p.readonly {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            b.preopened_dir(&p.host, &p.guest, perms)
-                .map_err(|e| EngineError::Context {
-                    what: format!("directory {}", p.guest),
-                    reason: format!("{}: {e:#}", p.host.display()),
-                })?;
+            let perms = if p.readonly { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            b.preopened_dir(&p.host, &p.guest, perms).map_err(|e| EngineError::Context {
+                what: format!("directory {}", p.guest),
+                reason: format!("{}: {e:#}", p.host.display()),
+            })?;
         }
         match self.sockets {
             SocketScope::Denied => {
@@ -225,23 +201,17 @@ impl GuestConfig {
                     .socket_addr_check(|_, _| Box::pin(async { true }));
             }
         }
-        let ctx_err = |what: &str, e: std::io::Error| EngineError::Context {
-            what: what.into(),
-            reason: e.to_string(),
-        };
+        let ctx_err = |what: &str, e: std::io::Error| EngineError::Context { what: what.into(), reason: e.to_string() };
         if let Some(fd) = io.stdin {
-            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map_err(|e| ctx_err("stdin", e))?;
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(|e| ctx_err("stdin", e))?;
             b.stdin(AsyncStdinStream::new(rx));
         }
         if let Some(fd) = io.stdout {
-            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
-                .map_err(|e| ctx_err("stdout", e))?;
+            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd).map_err(|e| ctx_err("stdout", e))?;
             b.stdout(AsyncStdoutStream::new(64 * 1024, tx));
         }
         if let Some(fd) = io.stderr {
-            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd)
-                .map_err(|e| ctx_err("stderr", e))?;
+            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd).map_err(|e| ctx_err("stderr", e))?;
             b.stderr(AsyncStdoutStream::new(64 * 1024, tx));
         }
         Ok(b)

@@ -62,21 +62,12 @@ pub(crate) struct Budget {
 
 impl FairShare {
     pub(crate) fn new() -> Self {
-        FairShare {
-            state: Mutex::new(State {
-                guests: HashMap::new(),
-                capacity: None,
-            }),
-            fixed_capacity: None,
-        }
+        FairShare { state: Mutex::new(State { guests: HashMap::new(), capacity: None }), fixed_capacity: None }
     }
 
     #[cfg(test)]
     fn with_capacity(cores: f64) -> Self {
-        FairShare {
-            fixed_capacity: Some(cores),
-            ..Self::new()
-        }
+        FairShare { fixed_capacity: Some(cores), ..Self::new() }
     }
 
     /// Cores the guests of this shim can run on at once: the runtime's
@@ -101,7 +92,14 @@ impl FairShare {
     /// Called at every tick of guest `key` (its stats' address: the same for
     /// all instances of one container) with its weight and CPU time so far.
     /// Returns how long it must wait to be back within its share.
-    pub(crate) fn tick(&self, key: usize, weight: u64, now: Instant, cpu_ns: u64, budget: &mut Budget) -> Option<Duration> {
+    pub(crate) fn tick(
+        &self,
+        key: usize,
+        weight: u64,
+        now: Instant,
+        cpu_ns: u64,
+        budget: &mut Budget,
+    ) -> Option<Duration> {
         let weight = weight.max(1);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.guests.retain(|_, b| b.until > now);
@@ -206,16 +204,14 @@ mod tests {
         let mut asleep_until = vec![None::<Instant>; n];
         let mut budgets: Vec<Budget> = (0..n).map(|_| Budget::default()).collect();
         let start = Instant::now();
-        let mut next = 0;
         for step in 0..(secs * 100) {
             let now = start + tick * step as u32;
             // Guests that are awake take the threads in turn (round robin).
             let awake: Vec<usize> = (0..n).filter(|g| asleep_until[*g].is_none_or(|t| t <= now)).collect();
             let mut ran = Vec::new();
             for i in 0..cores.min(awake.len()) {
-                ran.push(awake[(next + i) % awake.len()]);
+                ran.push(awake[(step as usize + i) % awake.len()]);
             }
-            next += 1;
             for g in ran {
                 cpu[g] += tick.as_nanos() as u64;
                 if let Some(wait) = fair.tick(g, weights[g], now + tick, cpu[g], &mut budgets[g]) {

@@ -28,10 +28,7 @@ const P2_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// Whether a guest may hold a descriptor of this type.
 pub(crate) fn may_open(t: DescriptorType) -> bool {
-    matches!(
-        t,
-        DescriptorType::RegularFile | DescriptorType::Directory | DescriptorType::SymbolicLink
-    )
+    matches!(t, DescriptorType::RegularFile | DescriptorType::Directory | DescriptorType::SymbolicLink)
 }
 
 /// Unix seconds of the last refusal logged: at most one line per 10 s, so
@@ -100,10 +97,11 @@ mod tests {
     #[test]
     fn only_files_directories_and_symlinks_open() {
         use DescriptorType::*;
-        let allowed: Vec<_> = [Unknown, BlockDevice, CharacterDevice, Directory, Fifo, SymbolicLink, RegularFile, Socket]
-            .into_iter()
-            .filter(|t| may_open(*t))
-            .collect();
+        let allowed: Vec<_> =
+            [Unknown, BlockDevice, CharacterDevice, Directory, Fifo, SymbolicLink, RegularFile, Socket]
+                .into_iter()
+                .filter(|t| may_open(*t))
+                .collect();
         assert_eq!(allowed, vec![Directory, SymbolicLink, RegularFile]);
     }
 }

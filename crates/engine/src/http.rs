@@ -93,7 +93,10 @@ impl Server {
         }
     }
 
-    async fn handle(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
         // Back-pressure: a request waits for a free slot; it never makes the
         // shim hold more instances than the bound.
         let Ok(_permit) = self.requests.acquire().await else {
@@ -115,11 +118,11 @@ impl Server {
         Ok(resp)
     }
 
-    async fn instance(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, String> {
-        let mut b = self
-            .config
-            .builder(GuestIo::default())
-            .map_err(|e| e.to_string())?;
+    async fn instance(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
+        let mut b = self.config.builder(GuestIo::default()).map_err(|e| e.to_string())?;
         if let Some(o) = &self.stdout {
             b.stdout(o.clone());
         }

@@ -20,10 +20,10 @@ mod ticker;
 
 use std::sync::Arc;
 
+use wasmcell_oci::WasmKind;
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Config, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmcell_oci::WasmKind;
 
 pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope};
 pub use error::EngineError;
@@ -200,7 +200,11 @@ impl Engine {
     /// into memory: it hashes it through a small buffer or, when `id` (the
     /// file's identity) was seen before, does not read it at all (see
     /// [`cache`]).
-    pub fn prepare_file(&self, wasm: &wasmcell_oci::WasmFile, id: Option<wasmcell_oci::FileId>) -> Result<Program, EngineError> {
+    pub fn prepare_file(
+        &self,
+        wasm: &wasmcell_oci::WasmFile,
+        id: Option<wasmcell_oci::FileId>,
+    ) -> Result<Program, EngineError> {
         let digest = match &self.inner.cache {
             Some(cache) => Some(match id.as_ref().and_then(|i| cache.known_digest(i)) {
                 Some(d) => {
@@ -212,7 +216,9 @@ impl Engine {
                         .map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
                     // Recorded only if the file kept its identity while it
                     // was hashed.
-                    if let Some(i) = id.as_ref().filter(|i| wasmcell_oci::FileId::of(wasm.file(), Some(i.dev)).as_ref() == Some(*i)) {
+                    if let Some(i) =
+                        id.as_ref().filter(|i| wasmcell_oci::FileId::of(wasm.file(), Some(i.dev)).as_ref() == Some(*i))
+                    {
                         cache.remember_digest(i, &d);
                     }
                     d
@@ -221,7 +227,8 @@ impl Engine {
             None => None,
         };
         self.prepare_with(digest, wasm.kind, || {
-            let bytes = wasm.read_all().map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
+            let bytes =
+                wasm.read_all().map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
             // What is compiled must be what was hashed: the artifact is
             // stored under that hash, for every container that runs it.
             if digest.is_some_and(|d| d != cache::digest(&bytes)) {
@@ -250,7 +257,9 @@ impl Engine {
                 log::debug!("{kind:?}: compile cache {outcome:?}");
                 Source::Artifact(artifact)
             }
-            _ if self.inner.compiler.is_some() => Source::Artifact(cache::Artifact::compiled(self.compile(&wasm()?, kind)?)),
+            _ if self.inner.compiler.is_some() => {
+                Source::Artifact(cache::Artifact::compiled(self.compile(&wasm()?, kind)?))
+            }
             _ => Source::Wasm(wasm()?),
         };
         match kind {
@@ -259,17 +268,14 @@ impl Engine {
                     Source::Artifact(a) => cache::load_component(engine, a)?,
                     Source::Wasm(w) => Component::new(engine, &**w).map_err(EngineError::compile)?,
                 };
-                let pre = self
-                    .inner
-                    .components
-                    .instantiate_pre(&component)
-                    .map_err(EngineError::link)?;
+                let pre = self.inner.components.instantiate_pre(&component).map_err(EngineError::link)?;
                 // What it is comes from its exports, not its name.
                 if let Ok(proxy) = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone()) {
                     return Ok(Program::Http(proxy));
                 }
                 let cmd = CommandPre::new(pre).map_err(|_| EngineError::NoEntry {
-                    what: "component exports neither wasi:cli/run nor wasi:http/incoming-handler: nothing to run".into(),
+                    what: "component exports neither wasi:cli/run nor wasi:http/incoming-handler: nothing to run"
+                        .into(),
                 })?;
                 Ok(Program::Command(cmd))
             }
@@ -280,17 +286,13 @@ impl Engine {
                 };
                 match module.get_export("_start") {
                     Some(wasmtime::ExternType::Func(_)) => {}
-                    _ => {
-                        return Err(EngineError::NoEntry {
-                            what: "core module does not export a _start function (only WASI commands can run as a container)".into(),
-                        })
-                    }
+                    _ => return Err(EngineError::NoEntry {
+                        what:
+                            "core module does not export a _start function (only WASI commands can run as a container)"
+                                .into(),
+                    }),
                 }
-                let pre = self
-                    .inner
-                    .modules
-                    .instantiate_pre(&module)
-                    .map_err(EngineError::link)?;
+                let pre = self.inner.modules.instantiate_pre(&module).map_err(EngineError::link)?;
                 Ok(Program::Module(pre))
             }
         }

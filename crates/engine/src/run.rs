@@ -96,8 +96,7 @@ fn cpu_used_ns(stats: &GuestStats) -> u64 {
 pub(crate) fn deadline_callback<T>(
     fair: Arc<FairShare>,
     stats: Arc<GuestStats>,
-) -> impl FnMut(wasmtime::StoreContextMut<T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static
-{
+) -> impl FnMut(wasmtime::StoreContextMut<T>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static {
     // (quota in force, when it took effect, CPU used then)
     let mut origin: Option<(wasmcell_grants::CpuQuota, Instant, u64)> = None;
     let mut budget = Budget::default();
@@ -161,11 +160,7 @@ impl Engine {
         let stderr_note: Option<OwnedFd> = io.stderr.as_ref().and_then(|fd| fd.try_clone().ok());
         let builder = config.builder(io)?;
         let fut = self.run_inner(program, config, builder, stats.clone());
-        let result = Metered {
-            inner: Box::pin(fut),
-            stats: stats.clone(),
-        }
-        .await;
+        let result = Metered { inner: Box::pin(fut), stats: stats.clone() }.await;
         let exit = match result {
             Ok(exit) => exit,
             Err(e) => {
@@ -224,14 +219,9 @@ impl Engine {
                 let out = cmd.wasi_cli_run().call_run(&mut store).await?;
                 Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
             }
-            Program::Http(_) => Err(wasmtime::Error::msg(
-                "an HTTP component is served with Engine::serve, not run",
-            )),
+            Program::Http(_) => Err(wasmtime::Error::msg("an HTTP component is served with Engine::serve, not run")),
             Program::Module(pre) => {
-                let state = P1State {
-                    wasi: builder.build_p1(),
-                    limiter,
-                };
+                let state = P1State { wasi: builder.build_p1(), limiter };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
                 store.set_epoch_deadline(1);

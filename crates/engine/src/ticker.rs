@@ -28,11 +28,7 @@ impl Drop for Running {
 
 impl Ticker {
     pub(crate) fn new(engine: wasmtime::Engine, tick: Duration) -> Self {
-        let shared = Arc::new(Shared {
-            active: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
-        });
+        let shared = Arc::new(Shared { active: AtomicUsize::new(0), lock: Mutex::new(()), wake: Condvar::new() });
         let s = shared.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -54,8 +50,6 @@ impl Ticker {
         self.shared.active.fetch_add(1, Ordering::SeqCst);
         let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.shared.wake.notify_all();
-        Running {
-            shared: self.shared.clone(),
-        }
+        Running { shared: self.shared.clone() }
     }
 }

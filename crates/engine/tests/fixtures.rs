@@ -94,7 +94,21 @@ fn filesystem_is_only_the_preopens_and_readonly_holds() {
     std::fs::write(ro.path().join("data.txt"), "ro-data").unwrap();
     let mut cfg = config(
         root.path(),
-        &["probe", "read", "/inside.txt", "read", "/data/data.txt", "write", "/data/new.txt", "write", "/new.txt", "read", "/etc/hostname", "read", "/../../etc/hostname"],
+        &[
+            "probe",
+            "read",
+            "/inside.txt",
+            "read",
+            "/data/data.txt",
+            "write",
+            "/data/new.txt",
+            "write",
+            "/new.txt",
+            "read",
+            "/etc/hostname",
+            "read",
+            "/../../etc/hostname",
+        ],
     );
     cfg.preopens.push(Preopen { host: ro.path().to_path_buf(), guest: "/data".into(), readonly: true });
     let c = run(&e, &fixture("probe.wasm"), cfg, Default::default());
@@ -154,7 +168,8 @@ fn dropping_the_future_stops_a_guest_that_never_yields() {
 #[test]
 fn link_errors_name_the_missing_import() {
     let e = Engine::new().unwrap();
-    let comp = wat::parse_str(r#"(component (import "wasi:nothere/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
+    let comp =
+        wat::parse_str(r#"(component (import "wasi:nothere/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
     let err = e.prepare(&comp, WasmKind::Component).err().expect("refused");
     assert!(err.to_string().contains("wasi:nothere/thing@0.1.0"), "{err}");
     let module = wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#).unwrap();

@@ -84,7 +84,12 @@ fn a_memory_minimum_of_65536_pages() {
 
 #[test]
 fn a_huge_table_minimum() {
-    for t in ["(table 4294967295 funcref)", "(table 1048577 funcref)", "(table 4294967295 4294967295 externref)", "(table i64 18446744073709551615 funcref)"] {
+    for t in [
+        "(table 4294967295 funcref)",
+        "(table 1048577 funcref)",
+        "(table 4294967295 4294967295 externref)",
+        "(table i64 18446744073709551615 funcref)",
+    ] {
         let r = prepare(&wat(&format!(r#"(module {t} (func (export "_start")))"#)), SECOND).unwrap();
         eprintln!("{t}: {:?}", r.as_ref().err());
         assert!(matches!(r, Ok(_) | Err(EngineError::Compile(_) | EngineError::TooBig(_))), "{t}: {:?}", r.err());

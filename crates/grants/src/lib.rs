@@ -85,11 +85,7 @@ pub struct Options {
 ///
 /// `annotations` are the ones containerd passes (the spec's own are merged in
 /// by the caller or read from the spec: both are consulted, the argument wins).
-pub fn grants(
-    spec: &Spec,
-    annotations: &HashMap<String, String>,
-    options: &Options,
-) -> Result<Grants, GrantError> {
+pub fn grants(spec: &Spec, annotations: &HashMap<String, String>, options: &Options) -> Result<Grants, GrantError> {
     // No annotation grants anything (deny by default); CRI's say what the
     // container is to its pod.
     let role = role::role(annotations);
@@ -99,16 +95,7 @@ pub fn grants(
     let network = network::network(spec);
     let limits = limits::limits(spec)?;
     let ignored = process::ignored(spec);
-    Ok(Grants {
-        program,
-        root,
-        dirs,
-        hidden,
-        network,
-        limits,
-        ignored,
-        role,
-    })
+    Ok(Grants { program, root, dirs, hidden, network, limits, ignored, role })
 }
 
 /// The network a spec asks for, without judging the rest of the spec: the
@@ -127,17 +114,10 @@ pub fn parse_spec(bytes: &[u8]) -> Result<Spec, GrantError> {
 /// This is the only function here that touches the filesystem.
 pub fn grants_for_bundle(bundle: &Path) -> Result<(Spec, Grants), GrantError> {
     let path = bundle.join("config.json");
-    let bytes = std::fs::read(&path)
-        .map_err(|e| GrantError::BadSpec(format!("read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(&path).map_err(|e| GrantError::BadSpec(format!("read {}: {e}", path.display())))?;
     let spec = parse_spec(&bytes)?;
     let annotations = spec.annotations().clone().unwrap_or_default();
-    let g = grants(
-        &spec,
-        &annotations,
-        &Options {
-            bundle: bundle.to_path_buf(),
-        },
-    )?;
+    let g = grants(&spec, &annotations, &Options { bundle: bundle.to_path_buf() })?;
     Ok((spec, g))
 }
 
@@ -182,14 +162,7 @@ mod tests {
     #[test]
     fn whole_spec_to_grants() {
         let spec = testutil::spec(json!({}));
-        let g = grants(
-            &spec,
-            &HashMap::new(),
-            &Options {
-                bundle: "/b".into(),
-            },
-        )
-        .unwrap();
+        let g = grants(&spec, &HashMap::new(), &Options { bundle: "/b".into() }).unwrap();
         assert_eq!(g.program.argv, vec!["/hello.wasm", "a"]);
         assert_eq!(g.root.host(), Some(Path::new("/b/rootfs")));
         assert_eq!(g.network, Network::Private);

@@ -50,12 +50,7 @@ impl Limits {
 }
 
 fn from_resources(res: &LinuxResources) -> Result<Limits, GrantError> {
-    let memory_bytes = res
-        .memory()
-        .as_ref()
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| l as u64);
+    let memory_bytes = res.memory().as_ref().and_then(|m| m.limit()).filter(|l| *l > 0).map(|l| l as u64);
     let (cpu, cpu_shares) = match res.cpu() {
         None => (None, None),
         Some(c) => {
@@ -67,27 +62,14 @@ fn from_resources(res: &LinuxResources) -> Result<Limits, GrantError> {
                     if !(1_000..=1_000_000).contains(&period) {
                         return Err(GrantError::CpuPeriod { quota: q, period });
                     }
-                    Some(CpuQuota {
-                        quota_us: q as u64,
-                        period_us: period,
-                    })
+                    Some(CpuQuota { quota_us: q as u64, period_us: period })
                 }
             };
             (cpu, c.shares().filter(|s| *s > 0))
         }
     };
-    let instances = res
-        .pids()
-        .as_ref()
-        .map(|p| p.limit())
-        .filter(|l| *l > 0)
-        .map(|l| l as u64);
-    Ok(Limits {
-        memory_bytes,
-        cpu,
-        cpu_shares,
-        instances,
-    })
+    let instances = res.pids().as_ref().map(|p| p.limit()).filter(|l| *l > 0).map(|l| l as u64);
+    Ok(Limits { memory_bytes, cpu, cpu_shares, instances })
 }
 
 #[cfg(test)]
@@ -109,9 +91,16 @@ mod tests {
             (json!({"memory": {"limit": 0}}), Ok(Limits::default())),
             (
                 json!({"cpu": {"quota": 50000, "period": 100000, "shares": 512}}),
-                Ok(Limits { cpu: Some(CpuQuota { quota_us: 50000, period_us: 100000 }), cpu_shares: Some(512), ..Default::default() }),
+                Ok(Limits {
+                    cpu: Some(CpuQuota { quota_us: 50000, period_us: 100000 }),
+                    cpu_shares: Some(512),
+                    ..Default::default()
+                }),
             ),
-            (json!({"cpu": {"quota": 20000}}), Ok(Limits { cpu: Some(CpuQuota { quota_us: 20000, period_us: 100000 }), ..Default::default() })),
+            (
+                json!({"cpu": {"quota": 20000}}),
+                Ok(Limits { cpu: Some(CpuQuota { quota_us: 20000, period_us: 100000 }), ..Default::default() }),
+            ),
             (json!({"cpu": {"quota": -1, "period": 100000}}), Ok(Limits::default())),
             (json!({"cpu": {"quota": 1000, "period": 10}}), Err(GrantError::CpuPeriod { quota: 1000, period: 10 })),
             (json!({"pids": {"limit": 16}}), Ok(Limits { instances: Some(16), ..Default::default() })),

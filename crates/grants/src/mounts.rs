@@ -49,22 +49,26 @@ pub(crate) fn root(spec: &Spec, bundle: &Path) -> Result<DirGrant, GrantError> {
     if root.path().as_os_str().is_empty() {
         return Err(GrantError::NoRoot);
     }
-    let host = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        bundle.join(root.path())
-    };
-    Ok(DirGrant {
-        guest: "/".into(),
-        source: DirSource::Host(host),
-        readonly: root.readonly().unwrap_or(false),
-    })
+    let host = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+    Ok(DirGrant { guest: "/".into(), source: DirSource::Host(host), readonly: root.readonly().unwrap_or(false) })
 }
 
 /// Kernel interfaces a Linux container mounts that have no meaning for Wasm.
 const KERNEL_FS: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "securityfs", "debugfs",
-    "tracefs", "bpf", "hugetlbfs", "fusectl", "configfs", "pstore",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "hugetlbfs",
+    "fusectl",
+    "configfs",
+    "pstore",
 ];
 
 pub(crate) fn mounts(spec: &Spec) -> Result<(Vec<DirGrant>, Vec<HiddenMount>), GrantError> {
@@ -72,8 +76,7 @@ pub(crate) fn mounts(spec: &Spec) -> Result<(Vec<DirGrant>, Vec<HiddenMount>), G
     let mut hidden = Vec::new();
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let dest_raw = m.destination().to_string_lossy().into_owned();
-        let destination = normalize_abs(&dest_raw)
-            .ok_or_else(|| GrantError::MountDestination(dest_raw.clone()))?;
+        let destination = normalize_abs(&dest_raw).ok_or_else(|| GrantError::MountDestination(dest_raw.clone()))?;
         let options = m.options().clone().unwrap_or_default();
         let has = |o: &str| options.iter().any(|x| x == o);
         let kind = m.typ().clone().unwrap_or_default();
@@ -91,15 +94,10 @@ pub(crate) fn mounts(spec: &Spec) -> Result<(Vec<DirGrant>, Vec<HiddenMount>), G
             return Err(GrantError::MountOverRoot(dest_raw));
         }
         if is_bind {
-            let src = m
-                .source()
-                .as_ref()
-                .ok_or_else(|| GrantError::BindWithoutSource(dest_raw.clone()))?;
+            let src = m.source().as_ref().ok_or_else(|| GrantError::BindWithoutSource(dest_raw.clone()))?;
             let src_s = src.to_string_lossy().into_owned();
-            let src_norm = normalize_abs(&src_s).ok_or_else(|| GrantError::BindSource {
-                path: src_s.clone(),
-                destination: dest_raw.clone(),
-            })?;
+            let src_norm = normalize_abs(&src_s)
+                .ok_or_else(|| GrantError::BindSource { path: src_s.clone(), destination: dest_raw.clone() })?;
             dirs.push(DirGrant {
                 guest: destination,
                 source: DirSource::Host(PathBuf::from(src_norm)),
@@ -107,18 +105,10 @@ pub(crate) fn mounts(spec: &Spec) -> Result<(Vec<DirGrant>, Vec<HiddenMount>), G
             });
         } else if kind == "tmpfs" {
             if destination == "/dev" || destination.starts_with("/dev/") {
-                hidden.push(HiddenMount {
-                    destination,
-                    kind,
-                    why: "device tree; a Wasm guest has no devices",
-                });
+                hidden.push(HiddenMount { destination, kind, why: "device tree; a Wasm guest has no devices" });
                 continue;
             }
-            dirs.push(DirGrant {
-                guest: destination,
-                source: DirSource::Private,
-                readonly: has("ro"),
-            });
+            dirs.push(DirGrant { guest: destination, source: DirSource::Private, readonly: has("ro") });
         } else {
             hidden.push(HiddenMount {
                 destination,
@@ -184,14 +174,24 @@ mod tests {
     #[test]
     fn rejections() {
         let cases = vec![
-            (json!([{"destination": "data", "type": "bind", "source": "/a"}]), GrantError::MountDestination("data".into())),
-            (json!([{"destination": "/a/../../etc", "type": "bind", "source": "/a"}]), GrantError::MountDestination("/a/../../etc".into())),
+            (
+                json!([{"destination": "data", "type": "bind", "source": "/a"}]),
+                GrantError::MountDestination("data".into()),
+            ),
+            (
+                json!([{"destination": "/a/../../etc", "type": "bind", "source": "/a"}]),
+                GrantError::MountDestination("/a/../../etc".into()),
+            ),
             (json!([{"destination": "/", "type": "bind", "source": "/a"}]), GrantError::MountOverRoot("/".into())),
             (json!([{"destination": "/d", "type": "bind"}]), GrantError::BindWithoutSource("/d".into())),
-            (json!([{"destination": "/d", "type": "bind", "source": "/srv/../etc"}]),
-             GrantError::BindSource { path: "/srv/../etc".into(), destination: "/d".into() }),
-            (json!([{"destination": "/d", "type": "bind", "source": "rel"}]),
-             GrantError::BindSource { path: "rel".into(), destination: "/d".into() }),
+            (
+                json!([{"destination": "/d", "type": "bind", "source": "/srv/../etc"}]),
+                GrantError::BindSource { path: "/srv/../etc".into(), destination: "/d".into() },
+            ),
+            (
+                json!([{"destination": "/d", "type": "bind", "source": "rel"}]),
+                GrantError::BindSource { path: "rel".into(), destination: "/d".into() },
+            ),
         ];
         for (m, want) in cases {
             assert_eq!(run(m.clone()).unwrap_err(), want, "{m}");

@@ -29,13 +29,9 @@ pub(crate) fn program(spec: &Spec) -> Result<Program, GrantError> {
     let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
     let cwd = normalize_abs(&cwd).ok_or_else(|| GrantError::InvalidCwd(cwd.clone()))?;
 
-    let joined = if first.starts_with('/') {
-        first.clone()
-    } else {
-        format!("{}/{}", cwd.trim_end_matches('/'), first)
-    };
-    let entrypoint =
-        normalize_abs(&joined).ok_or_else(|| GrantError::InvalidEntrypoint(first.clone()))?;
+    let joined =
+        if first.starts_with('/') { first.clone() } else { format!("{}/{}", cwd.trim_end_matches('/'), first) };
+    let entrypoint = normalize_abs(&joined).ok_or_else(|| GrantError::InvalidEntrypoint(first.clone()))?;
     if entrypoint == "/" || first.ends_with('/') {
         return Err(GrantError::InvalidEntrypoint(first.clone()));
     }
@@ -54,12 +50,7 @@ pub(crate) fn program(spec: &Spec) -> Result<Program, GrantError> {
     let mut env: Vec<(String, String)> = all.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
     env.reverse();
 
-    Ok(Program {
-        entrypoint,
-        argv,
-        env,
-        cwd,
-    })
+    Ok(Program { entrypoint, argv, env, cwd })
 }
 
 /// Lexically normalizes an absolute path, refusing any `..` (a guest path
@@ -125,10 +116,7 @@ pub(crate) fn ignored(spec: &Spec) -> Vec<Ignored> {
             });
         }
         if l.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            out.push(Ignored {
-                setting: "linux.devices",
-                why: "device nodes are not exposed to guests",
-            });
+            out.push(Ignored { setting: "linux.devices", why: "device nodes are not exposed to guests" });
         }
     }
     out
@@ -152,7 +140,10 @@ mod tests {
             (json!({"process": {"args": ["app.wasm"], "cwd": "/srv"}}), Ok("/srv/app.wasm")),
             (json!({"process": {"args": ["./bin/app.wasm"], "cwd": "/"}}), Ok("/bin/app.wasm")),
             (json!({"process": {"args": ["/a/./b.wasm"]}}), Ok("/a/b.wasm")),
-            (json!({"process": {"args": ["/../etc/passwd"]}}), Err(GrantError::InvalidEntrypoint("/../etc/passwd".into()))),
+            (
+                json!({"process": {"args": ["/../etc/passwd"]}}),
+                Err(GrantError::InvalidEntrypoint("/../etc/passwd".into())),
+            ),
             (json!({"process": {"args": ["../x.wasm"]}}), Err(GrantError::InvalidEntrypoint("../x.wasm".into()))),
             (json!({"process": {"args": ["/"]}}), Err(GrantError::InvalidEntrypoint("/".into()))),
             (json!({"process": {"args": []}}), Err(GrantError::NoArgs)),
@@ -163,7 +154,7 @@ mod tests {
         ];
         for (patch, want) in cases {
             let got = prog(patch.clone()).map(|p| p.entrypoint);
-            assert_eq!(got.as_deref().map_err(|e| e.clone()), want.map_err(|e| e), "{patch}");
+            assert_eq!(got.as_deref().map_err(|e| e.clone()), want, "{patch}");
         }
     }
 
@@ -177,10 +168,7 @@ mod tests {
     #[test]
     fn env_is_exactly_the_spec_later_wins() {
         let p = prog(json!({"process": {"env": ["A=1", "B=x=y", "A=2", "EMPTY="]}})).unwrap();
-        assert_eq!(
-            p.env,
-            vec![("B".into(), "x=y".into()), ("A".into(), "2".into()), ("EMPTY".into(), "".into())]
-        );
+        assert_eq!(p.env, vec![("B".into(), "x=y".into()), ("A".into(), "2".into()), ("EMPTY".into(), "".into())]);
     }
 
     #[test]

@@ -12,11 +12,7 @@ pub struct Row {
 }
 
 fn row(setting: impl Into<String>, value: impl Into<String>, grant: impl Into<String>) -> Row {
-    Row {
-        setting: setting.into(),
-        value: value.into(),
-        grant: grant.into(),
-    }
+    Row { setting: setting.into(), value: value.into(), grant: grant.into() }
 }
 
 impl Grants {
@@ -58,13 +54,21 @@ impl Grants {
         }
         let (value, grant) = match &self.network {
             Network::Host => ("none (host network)".to_string(), "TCP, UDP and DNS on the host's network".to_string()),
-            Network::Namespace(p) => (p.display().to_string(), "TCP, UDP and DNS inside that namespace only".to_string()),
-            Network::Private => ("new, without path".to_string(), "loopback only, in a namespace of its own".to_string()),
+            Network::Namespace(p) => {
+                (p.display().to_string(), "TCP, UDP and DNS inside that namespace only".to_string())
+            }
+            Network::Private => {
+                ("new, without path".to_string(), "loopback only, in a namespace of its own".to_string())
+            }
         };
         rows.push(row("linux.namespaces[network]", value, grant));
         let l = &self.limits;
         rows.push(match l.memory_bytes {
-            Some(b) => row("linux.resources.memory.limit", b.to_string(), "cap on linear memory + tables; exceeding it exits 137 (OOM)"),
+            Some(b) => row(
+                "linux.resources.memory.limit",
+                b.to_string(),
+                "cap on linear memory + tables; exceeding it exits 137 (OOM)",
+            ),
             None => row("linux.resources.memory.limit", "unset", "no cap beyond the shim's cgroup"),
         });
         rows.push(match l.cpu {
@@ -136,7 +140,15 @@ mod tests {
         }));
         let g = grants(&s, &HashMap::new(), &Options { bundle: "/b".into() }).unwrap();
         let text = g.to_string();
-        for needle in ["preopened as / (read-write)", "preopened at /data (read-only)", "not exposed", "loopback only", "1048576", "0.50 of a core", "GREETING"] {
+        for needle in [
+            "preopened as / (read-write)",
+            "preopened at /data (read-only)",
+            "not exposed",
+            "loopback only",
+            "1048576",
+            "0.50 of a core",
+            "GREETING",
+        ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
     }

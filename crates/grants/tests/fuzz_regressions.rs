@@ -118,7 +118,8 @@ fn corpus_seeds_decide_as_expected() {
 
 #[test]
 fn entrypoint_path_tricks() {
-    let entry = |arg0: &str, cwd: &str| run(json!({"process": {"args": [arg0], "cwd": cwd}})).map(|g| g.program.entrypoint);
+    let entry =
+        |arg0: &str, cwd: &str| run(json!({"process": {"args": [arg0], "cwd": cwd}})).map(|g| g.program.entrypoint);
     let invalid = |s: &str| Err(GrantError::InvalidEntrypoint(s.into()));
     assert_eq!(entry("/../../etc/passwd", "/"), invalid("/../../etc/passwd"));
     assert_eq!(entry("//x.wasm", "/"), Ok("/x.wasm".into()));
@@ -146,7 +147,8 @@ fn entrypoint_path_tricks() {
 #[test]
 fn mount_path_tricks() {
     let m = |mounts: Value| run(json!({ "mounts": mounts }));
-    let bind = |dest: &str, src: &str| json!([{"destination": dest, "type": "bind", "source": src, "options": ["rbind"]}]);
+    let bind =
+        |dest: &str, src: &str| json!([{"destination": dest, "type": "bind", "source": src, "options": ["rbind"]}]);
     assert_eq!(m(bind("/data/..", "/srv")), Err(GrantError::MountDestination("/data/..".into())));
     assert_eq!(m(bind("/../etc", "/srv")), Err(GrantError::MountDestination("/../etc".into())));
     assert_eq!(m(bind("..", "/srv")), Err(GrantError::MountDestination("..".into())));
@@ -246,7 +248,10 @@ fn extreme_resource_numbers() {
     let l = lim(json!({"memory": {"limit": i64::MAX, "swap": i64::MIN}, "pids": {"limit": i64::MAX}})).unwrap();
     assert_eq!(l.memory_bytes, Some(i64::MAX as u64));
     assert_eq!(l.instances, Some(i64::MAX as u64));
-    let l = lim(json!({"memory": {"limit": i64::MIN}, "pids": {"limit": i64::MIN}, "cpu": {"quota": i64::MIN, "shares": 0}})).unwrap();
+    let l = lim(
+        json!({"memory": {"limit": i64::MIN}, "pids": {"limit": i64::MIN}, "cpu": {"quota": i64::MIN, "shares": 0}}),
+    )
+    .unwrap();
     assert_eq!((l.memory_bytes, l.instances, l.cpu, l.cpu_shares), (None, None, None, None));
     let l = lim(json!({"cpu": {"quota": i64::MAX, "period": 1000, "shares": u64::MAX}})).unwrap();
     assert_eq!(l.cpu.unwrap().quota_us, i64::MAX as u64);
@@ -267,10 +272,14 @@ fn extreme_resource_numbers() {
 
 #[test]
 fn namespaces_and_annotations() {
-    let g = run(json!({"linux": {"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}, {"type": "network"}]}})).unwrap();
+    let g = run(json!({"linux": {"namespaces": [{"type": "network", "path": "/proc/1/ns/net"}, {"type": "network"}]}}))
+        .unwrap();
     assert_eq!(g.network, wasmcell_grants::Network::Namespace("/proc/1/ns/net".into()));
     assert!(matches!(run(json!({"linux": {"namespaces": [{"type": "bogus"}]}})), Err(GrantError::BadSpec(_))));
-    let g = run(json!({"annotations": {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": ""}})).unwrap();
+    let g = run(
+        json!({"annotations": {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": ""}}),
+    )
+    .unwrap();
     assert_eq!(g.role, wasmcell_grants::Role::Standalone);
     // Annotations grant nothing: a caller's own map is all that is consulted.
     let spec = parse_spec(&serde_json::to_vec(&spec(json!({}))).unwrap()).unwrap();
@@ -281,7 +290,13 @@ fn namespaces_and_annotations() {
 
 #[test]
 fn malformed_documents() {
-    let bad = |b: &[u8]| assert!(matches!(run_bytes(b), Err(GrantError::BadSpec(_))), "{:?}", String::from_utf8_lossy(&b[..b.len().min(40)]));
+    let bad = |b: &[u8]| {
+        assert!(
+            matches!(run_bytes(b), Err(GrantError::BadSpec(_))),
+            "{:?}",
+            String::from_utf8_lossy(&b[..b.len().min(40)])
+        )
+    };
     bad(b"");
     bad(b"null");
     // serde reads a struct from a JSON array too (fields by position): an

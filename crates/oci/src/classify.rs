@@ -51,32 +51,7 @@ pub fn classify(bytes: &[u8]) -> Result<WasmKind, NotWasm> {
     if head.trim_start().starts_with("(module") || head.trim_start().starts_with("(component") {
         return Err(NotWasm::Text);
     }
-    Err(NotWasm::Unknown(format!(
-        "{:02x?}",
-        &bytes[..bytes.len().min(8)]
-    )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table() {
-        let cases: Vec<(&[u8], Result<WasmKind, NotWasm>)> = vec![
-            (b"\0asm\x01\0\0\0", Ok(WasmKind::Module)),
-            (b"\0asm\x0d\0\x01\0", Ok(WasmKind::Component)),
-            (b"", Err(NotWasm::Empty)),
-            (b"\x7fELF\x02\x01", Err(NotWasm::Elf)),
-            (b"#!/bin/sh\n", Err(NotWasm::Script)),
-            (b"(module)", Err(NotWasm::Text)),
-            (b"\0asm\x02\0\0\0", Err(NotWasm::UnsupportedVersion([2, 0, 0, 0]))),
-            (b"hello", Err(NotWasm::Unknown("[68, 65, 6c, 6c, 6f]".into()))),
-        ];
-        for (bytes, want) in cases {
-            assert_eq!(classify(bytes), want, "{bytes:?}");
-        }
-    }
+    Err(NotWasm::Unknown(format!("{:02x?}", &bytes[..bytes.len().min(8)])))
 }
 
 /// The top-level imports and exports of a component, by name (e.g.
@@ -101,4 +76,26 @@ pub fn component_interfaces(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
         }
     }
     (imports, exports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases: Vec<(&[u8], Result<WasmKind, NotWasm>)> = vec![
+            (b"\0asm\x01\0\0\0", Ok(WasmKind::Module)),
+            (b"\0asm\x0d\0\x01\0", Ok(WasmKind::Component)),
+            (b"", Err(NotWasm::Empty)),
+            (b"\x7fELF\x02\x01", Err(NotWasm::Elf)),
+            (b"#!/bin/sh\n", Err(NotWasm::Script)),
+            (b"(module)", Err(NotWasm::Text)),
+            (b"\0asm\x02\0\0\0", Err(NotWasm::UnsupportedVersion([2, 0, 0, 0]))),
+            (b"hello", Err(NotWasm::Unknown("[68, 65, 6c, 6c, 6f]".into()))),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(classify(bytes), want, "{bytes:?}");
+        }
+    }
 }

@@ -116,10 +116,9 @@ impl WasmFile {
     pub fn read_all(&self) -> Result<Vec<u8>, EntrypointError> {
         use std::os::unix::fs::FileExt;
         let mut bytes = vec![0u8; self.len as usize];
-        self.file.read_exact_at(&mut bytes, 0).map_err(|source| EntrypointError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.file
+            .read_exact_at(&mut bytes, 0)
+            .map_err(|source| EntrypointError::Io { path: self.path.clone(), source })?;
         Ok(bytes)
     }
 }
@@ -140,10 +139,8 @@ pub fn read_entrypoint(rootfs: &Path, guest_path: &str) -> Result<(Vec<u8>, Wasm
 pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, EntrypointError> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     use std::os::fd::AsFd;
-    let root = std::fs::File::open(rootfs).map_err(|source| EntrypointError::Rootfs {
-        path: rootfs.display().to_string(),
-        source,
-    })?;
+    let root = std::fs::File::open(rootfs)
+        .map_err(|source| EntrypointError::Rootfs { path: rootfs.display().to_string(), source })?;
     let rel = match guest_path.trim_start_matches('/') {
         "" => ".",
         r => r,
@@ -162,7 +159,8 @@ pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, Entr
     // may have been swapped in between).
     let look = openat2(root.as_fd(), rel, OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(resolve))
         .map_err(open_err)?;
-    let kind = std::fs::File::from(look).metadata().map_err(|source| EntrypointError::Io { path: path.clone(), source })?;
+    let kind =
+        std::fs::File::from(look).metadata().map_err(|source| EntrypointError::Io { path: path.clone(), source })?;
     if kind.is_dir() {
         return Err(EntrypointError::IsDir(path));
     }
@@ -170,11 +168,10 @@ pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, Entr
         return Err(EntrypointError::NotAFile(path));
     }
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let file = std::fs::File::from(openat2(root.as_fd(), rel, OpenHow::new().flags(flags).resolve(resolve)).map_err(open_err)?);
-    let meta = file.metadata().map_err(|source| EntrypointError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let file = std::fs::File::from(
+        openat2(root.as_fd(), rel, OpenHow::new().flags(flags).resolve(resolve)).map_err(open_err)?,
+    );
+    let meta = file.metadata().map_err(|source| EntrypointError::Io { path: path.clone(), source })?;
     if meta.is_dir() {
         return Err(EntrypointError::IsDir(path));
     }
@@ -182,24 +179,12 @@ pub fn open_entrypoint(rootfs: &Path, guest_path: &str) -> Result<WasmFile, Entr
         return Err(EntrypointError::NotAFile(path));
     }
     if meta.len() > MAX_WASM_BYTES {
-        return Err(EntrypointError::TooLarge {
-            path,
-            size: meta.len(),
-            max: MAX_WASM_BYTES,
-        });
+        return Err(EntrypointError::TooLarge { path, size: meta.len(), max: MAX_WASM_BYTES });
     }
     let mut head = [0u8; 16];
-    let n = read_head(&file, &mut head).map_err(|source| EntrypointError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let n = read_head(&file, &mut head).map_err(|source| EntrypointError::Io { path: path.clone(), source })?;
     let kind = classify(&head[..n]).map_err(|reason| EntrypointError::NotWasm { path: path.clone(), reason })?;
-    Ok(WasmFile {
-        file,
-        len: meta.len(),
-        kind,
-        path,
-    })
+    Ok(WasmFile { file, len: meta.len(), kind, path })
 }
 
 /// Fills `buf` from the start of `f` as far as the file goes.
@@ -237,7 +222,11 @@ mod tests {
             return;
         };
         assert_eq!(FileId::of(&f, None), Some(id.clone()), "stable while unchanged");
-        assert_eq!(FileId::of(&std::fs::File::open(&p).unwrap(), None), Some(id.clone()), "the file's, not the handle's");
+        assert_eq!(
+            FileId::of(&std::fs::File::open(&p).unwrap(), None),
+            Some(id.clone()),
+            "the file's, not the handle's"
+        );
         // Not on an overlay: the layers' device is not used.
         assert_eq!(FileId::of(&f, Some(12345)), Some(id.clone()));
         std::fs::write(&p, [MODULE, MODULE].concat()).unwrap();

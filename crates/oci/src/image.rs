@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder,
-    RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, Digest, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
 };
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
@@ -86,23 +85,15 @@ impl FromStr for ImageFile {
         let (src, dest) = match s.split_once(':') {
             Some((src, dest)) => (src.to_string(), dest.to_string()),
             None => {
-                let base = Path::new(s)
-                    .file_name()
-                    .map(|b| b.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let base = Path::new(s).file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
                 (s.to_string(), format!("/{base}"))
             }
         };
-        let ok = dest.starts_with('/')
-            && dest.len() > 1
-            && !dest.split('/').any(|c| c == ".." || c == ".");
+        let ok = dest.starts_with('/') && dest.len() > 1 && !dest.split('/').any(|c| c == ".." || c == ".");
         if !ok {
             return Err(ImageError::BadDestination(dest));
         }
-        Ok(ImageFile {
-            source: src.into(),
-            destination: dest,
-        })
+        Ok(ImageFile { source: src.into(), destination: dest })
     }
 }
 
@@ -154,11 +145,8 @@ fn descriptor(media: MediaType, bytes: &[u8]) -> Result<Descriptor, ImageError> 
 
 fn check_pairs(what: &'static str, pairs: &[String]) -> Result<(), ImageError> {
     for p in pairs {
-        if !p.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
-            return Err(ImageError::BadPair {
-                what,
-                value: p.clone(),
-            });
+        if p.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+            return Err(ImageError::BadPair { what, value: p.clone() });
         }
     }
     Ok(())
@@ -186,10 +174,8 @@ fn layer(files: &[ImageFile]) -> Result<Vec<u8>, ImageError> {
                 builder.append_data(&mut h, &acc, std::io::empty())?;
             }
         }
-        let data = std::fs::read(&f.source).map_err(|source| ImageError::Read {
-            path: f.source.display().to_string(),
-            source,
-        })?;
+        let data = std::fs::read(&f.source)
+            .map_err(|source| ImageError::Read { path: f.source.display().to_string(), source })?;
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(0o755);
@@ -245,11 +231,8 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<Built, ImageError> {
         return write_layout(out, &repo, &tag, artifact_config(&layers)?, layers, ("wasip2", "wasm"));
     }
 
-    let labels: HashMap<String, String> = spec
-        .labels
-        .iter()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let labels: HashMap<String, String> =
+        spec.labels.iter().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect();
     let mut cfg = ConfigBuilder::default().entrypoint(entrypoint).env(spec.env.clone());
     if !spec.cmd.is_empty() {
         cfg = cfg.cmd(spec.cmd.clone());
@@ -275,14 +258,10 @@ pub fn build(spec: &ImageSpec, out: impl Write) -> Result<Built, ImageError> {
 fn wasm_layers(files: &[ImageFile]) -> Result<Vec<(Descriptor, Vec<u8>)>, ImageError> {
     let mut out = Vec::new();
     for f in files {
-        let data = std::fs::read(&f.source).map_err(|source| ImageError::Read {
-            path: f.source.display().to_string(),
-            source,
-        })?;
-        crate::classify(&data).map_err(|reason| ImageError::NotWasmLayer {
-            path: f.source.display().to_string(),
-            reason,
-        })?;
+        let data = std::fs::read(&f.source)
+            .map_err(|source| ImageError::Read { path: f.source.display().to_string(), source })?;
+        crate::classify(&data)
+            .map_err(|reason| ImageError::NotWasmLayer { path: f.source.display().to_string(), reason })?;
         let mut d = descriptor(MediaType::Other(crate::layers::WASM_LAYER.into()), &data)?;
         let name = f.destination.rsplit('/').next().unwrap_or(&f.destination).to_string();
         d.set_annotations(Some(HashMap::from([(crate::layers::TITLE.to_string(), name)])));
@@ -327,12 +306,8 @@ fn write_layout(
         .build()?;
     let manifest_bytes = canonical_json(&manifest)?;
     let mut manifest_desc = descriptor(MediaType::ImageManifest, &manifest_bytes)?;
-    manifest_desc.set_platform(Some(
-        PlatformBuilder::default()
-            .architecture(Arch::from(arch))
-            .os(Os::from(os))
-            .build()?,
-    ));
+    manifest_desc
+        .set_platform(Some(PlatformBuilder::default().architecture(Arch::from(arch)).os(Os::from(os)).build()?));
     manifest_desc.set_annotations(Some(HashMap::from([
         ("io.containerd.image.name".to_string(), format!("{repo}:{tag}")),
         ("org.opencontainers.image.ref.name".to_string(), tag.to_string()),
@@ -344,20 +319,14 @@ fn write_layout(
         .manifests(vec![manifest_desc.clone()])
         .build()?;
     let index_bytes = canonical_json(&index)?;
-    let layout = OciLayoutBuilder::default()
-        .image_layout_version("1.0.0")
-        .build()?;
+    let layout = OciLayoutBuilder::default().image_layout_version("1.0.0").build()?;
     let layout_bytes = canonical_json(&layout)?;
 
     let mut tarball = tar::Builder::new(out);
     tarball.mode(tar::HeaderMode::Deterministic);
     let mut put = |path: &str, data: &[u8]| -> std::io::Result<()> {
         let mut h = tar::Header::new_ustar();
-        h.set_entry_type(if path.ends_with('/') {
-            tar::EntryType::Directory
-        } else {
-            tar::EntryType::Regular
-        });
+        h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
         h.set_mode(if path.ends_with('/') { 0o755 } else { 0o644 });
         h.set_size(data.len() as u64);
         h.set_mtime(0);
@@ -401,6 +370,135 @@ fn split_name(name: &str) -> Result<(String, String), ImageError> {
         return Err(bad());
     }
     Ok((repo.to_string(), tag.to_string()))
+}
+
+/// The `.wasm` files inside an OCI image-layout tarball (every layer of every
+/// manifest it indexes), as (path in the image, bytes). Used to warm the
+/// compile cache from an image before any container runs it.
+pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    use std::io::Read;
+    let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut index = None;
+    let mut archive = tar::Archive::new(tarball);
+    let tar_err = |e: std::io::Error| ImageError::NotLayout(e.to_string());
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let path = entry.path().map_err(tar_err)?.display().to_string();
+        let path = path.trim_start_matches("./").to_string();
+        if path == "index.json" || path.starts_with("blobs/sha256/") {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(tar_err)?;
+            if path == "index.json" {
+                index = Some(data);
+            } else {
+                blobs.insert(path.trim_start_matches("blobs/sha256/").to_string(), data);
+            }
+        }
+    }
+    let bad = |what: &str| ImageError::NotLayout(what.to_string());
+    let index: serde_json::Value =
+        serde_json::from_slice(&index.ok_or_else(|| bad("no index.json"))?).map_err(|e| bad(&e.to_string()))?;
+    let blob = |digest: &str| -> Result<&Vec<u8>, ImageError> {
+        blobs.get(digest.trim_start_matches("sha256:")).ok_or_else(|| bad(&format!("missing blob {digest}")))
+    };
+    let mut out = Vec::new();
+    for m in index["manifests"].as_array().cloned().unwrap_or_default() {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(blob(m["digest"].as_str().unwrap_or(""))?).map_err(|e| bad(&e.to_string()))?;
+        for layer in manifest["layers"].as_array().cloned().unwrap_or_default() {
+            let data = blob(layer["digest"].as_str().unwrap_or(""))?;
+            let media = layer["mediaType"].as_str().unwrap_or("");
+            if media.contains("wasm") {
+                out.push((layer["digest"].as_str().unwrap_or("").to_string(), data.clone()));
+                continue;
+            }
+            if media.ends_with("gzip") || media.ends_with("zstd") {
+                continue; // compressed layers are not produced by `build`
+            }
+            let mut layer_tar = tar::Archive::new(data.as_slice());
+            for e in layer_tar.entries()? {
+                let mut e = e?;
+                let p = e.path()?.display().to_string();
+                if p.ends_with(".wasm") {
+                    let mut bytes = Vec::new();
+                    e.read_to_end(&mut bytes)?;
+                    out.push((format!("/{}", p.trim_start_matches("./")), bytes));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::tests::entries as blobs;
+    use super::*;
+
+    fn manifest_of(files: &HashMap<String, Vec<u8>>) -> serde_json::Value {
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let d = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        serde_json::from_slice(&files[&format!("blobs/sha256/{d}")]).unwrap()
+    }
+
+    fn spec(dir: &Path, layout: Layout) -> ImageSpec {
+        let wasm = dir.join("app.wasm");
+        std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
+        ImageSpec {
+            name: "example.com/app:v1".into(),
+            files: vec![ImageFile { source: wasm, destination: "/app.wasm".into() }],
+            layout,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn wasm_layers_are_raw_titled_blobs_of_an_ordinary_image() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = Vec::new();
+        build(&spec(d.path(), Layout::WasmLayers), &mut t).unwrap();
+        let files = blobs(&t);
+        let m = manifest_of(&files);
+        let l = &m["layers"][0];
+        assert_eq!(l["mediaType"], crate::layers::WASM_LAYER);
+        assert_eq!(l["annotations"][crate::layers::TITLE], "app.wasm");
+        let digest = l["digest"].as_str().unwrap();
+        assert_eq!(files[&format!("blobs/sha256/{}", &digest[7..])], b"\0asm\x0d\0\x01\0");
+        assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..])])
+                .unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([]), "Wasm layers do not unpack");
+        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
+    }
+
+    #[test]
+    fn artifact_has_the_wasm_config_and_layer_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = Vec::new();
+        build(&spec(d.path(), Layout::Artifact), &mut t).unwrap();
+        let files = blobs(&t);
+        let m = manifest_of(&files);
+        assert_eq!(m["config"]["mediaType"], crate::layers::WASM_CONFIG);
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..])])
+                .unwrap();
+        assert_eq!(config["architecture"], "wasm");
+        assert_eq!(config["os"], "wasip2");
+        assert_eq!(config["layerDigests"][0], m["layers"][0]["digest"]);
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        assert_eq!(index["manifests"][0]["platform"]["os"], "wasip2");
+    }
+
+    #[test]
+    fn only_wasm_can_be_a_wasm_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec(d.path(), Layout::WasmLayers);
+        let txt = d.path().join("notes.txt");
+        std::fs::write(&txt, b"hello").unwrap();
+        s.files.push(ImageFile { source: txt, destination: "/notes.txt".into() });
+        assert!(matches!(build(&s, Vec::new()), Err(ImageError::NotWasmLayer { .. })));
+    }
 }
 
 #[cfg(test)]
@@ -471,11 +569,9 @@ mod tests {
         assert_eq!(m["platform"]["architecture"], "wasm");
         assert_eq!(m["annotations"]["io.containerd.image.name"], "example.com/hello:v1");
         let mdigest = m["digest"].as_str().unwrap().trim_start_matches("sha256:");
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&files[&format!("blobs/sha256/{mdigest}")]).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&files[&format!("blobs/sha256/{mdigest}")]).unwrap();
         let cdigest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:");
-        let config: serde_json::Value =
-            serde_json::from_slice(&files[&format!("blobs/sha256/{cdigest}")]).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&files[&format!("blobs/sha256/{cdigest}")]).unwrap();
         assert_eq!(config["config"]["Entrypoint"][0], "/hello.wasm");
         assert_eq!(config["config"]["Env"][0], "A=1");
         assert_eq!(config["os"], "wasi");
@@ -515,7 +611,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        assert!(matches!(build(&ImageSpec { name: "x".into(), ..Default::default() }, Vec::new()), Err(ImageError::NoFiles)));
+        assert!(matches!(
+            build(&ImageSpec { name: "x".into(), ..Default::default() }, Vec::new()),
+            Err(ImageError::NoFiles)
+        ));
         let spec = ImageSpec {
             name: "x".into(),
             files: vec![ImageFile { source: "/nonexistent/a.wasm".into(), destination: "/a.wasm".into() }],
@@ -524,132 +623,5 @@ mod tests {
         assert!(matches!(build(&spec, Vec::new()), Err(ImageError::Read { .. })));
         let spec = ImageSpec { env: vec!["NOEQ".into()], ..spec };
         assert!(matches!(build(&spec, Vec::new()), Err(ImageError::BadPair { .. })));
-    }
-}
-
-/// The `.wasm` files inside an OCI image-layout tarball (every layer of every
-/// manifest it indexes), as (path in the image, bytes). Used to warm the
-/// compile cache from an image before any container runs it.
-pub fn wasm_files(tarball: impl std::io::Read) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
-    use std::io::Read;
-    let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut index = None;
-    let mut archive = tar::Archive::new(tarball);
-    let tar_err = |e: std::io::Error| ImageError::NotLayout(e.to_string());
-    for entry in archive.entries().map_err(tar_err)? {
-        let mut entry = entry.map_err(tar_err)?;
-        let path = entry.path().map_err(tar_err)?.display().to_string();
-        let path = path.trim_start_matches("./").to_string();
-        if path == "index.json" || path.starts_with("blobs/sha256/") {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(tar_err)?;
-            if path == "index.json" {
-                index = Some(data);
-            } else {
-                blobs.insert(path.trim_start_matches("blobs/sha256/").to_string(), data);
-            }
-        }
-    }
-    let bad = |what: &str| ImageError::NotLayout(what.to_string());
-    let index: serde_json::Value = serde_json::from_slice(&index.ok_or_else(|| bad("no index.json"))?)
-        .map_err(|e| bad(&e.to_string()))?;
-    let blob = |digest: &str| -> Result<&Vec<u8>, ImageError> {
-        blobs.get(digest.trim_start_matches("sha256:")).ok_or_else(|| bad(&format!("missing blob {digest}")))
-    };
-    let mut out = Vec::new();
-    for m in index["manifests"].as_array().cloned().unwrap_or_default() {
-        let manifest: serde_json::Value = serde_json::from_slice(blob(m["digest"].as_str().unwrap_or(""))?)
-            .map_err(|e| bad(&e.to_string()))?;
-        for layer in manifest["layers"].as_array().cloned().unwrap_or_default() {
-            let data = blob(layer["digest"].as_str().unwrap_or(""))?;
-            let media = layer["mediaType"].as_str().unwrap_or("");
-            if media.contains("wasm") {
-                out.push((layer["digest"].as_str().unwrap_or("").to_string(), data.clone()));
-                continue;
-            }
-            if media.ends_with("gzip") || media.ends_with("zstd") {
-                continue; // compressed layers are not produced by `build`
-            }
-            let mut layer_tar = tar::Archive::new(data.as_slice());
-            for e in layer_tar.entries()? {
-                let mut e = e?;
-                let p = e.path()?.display().to_string();
-                if p.ends_with(".wasm") {
-                    let mut bytes = Vec::new();
-                    e.read_to_end(&mut bytes)?;
-                    out.push((format!("/{}", p.trim_start_matches("./")), bytes));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod layout_tests {
-    use super::tests::entries as blobs;
-    use super::*;
-
-    fn manifest_of(files: &HashMap<String, Vec<u8>>) -> serde_json::Value {
-        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
-        let d = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-        serde_json::from_slice(&files[&format!("blobs/sha256/{d}")]).unwrap()
-    }
-
-    fn spec(dir: &Path, layout: Layout) -> ImageSpec {
-        let wasm = dir.join("app.wasm");
-        std::fs::write(&wasm, b"\0asm\x0d\0\x01\0").unwrap();
-        ImageSpec {
-            name: "example.com/app:v1".into(),
-            files: vec![ImageFile { source: wasm, destination: "/app.wasm".into() }],
-            layout,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn wasm_layers_are_raw_titled_blobs_of_an_ordinary_image() {
-        let d = tempfile::tempdir().unwrap();
-        let mut t = Vec::new();
-        build(&spec(d.path(), Layout::WasmLayers), &mut t).unwrap();
-        let files = blobs(&t);
-        let m = manifest_of(&files);
-        let l = &m["layers"][0];
-        assert_eq!(l["mediaType"], crate::layers::WASM_LAYER);
-        assert_eq!(l["annotations"][crate::layers::TITLE], "app.wasm");
-        let digest = l["digest"].as_str().unwrap();
-        assert_eq!(files[&format!("blobs/sha256/{}", &digest[7..])], b"\0asm\x0d\0\x01\0");
-        assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
-        let config: serde_json::Value =
-            serde_json::from_slice(&files[&format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..])]).unwrap();
-        assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([]), "Wasm layers do not unpack");
-        assert_eq!(config["config"]["Entrypoint"][0], "/app.wasm");
-    }
-
-    #[test]
-    fn artifact_has_the_wasm_config_and_layer_digests() {
-        let d = tempfile::tempdir().unwrap();
-        let mut t = Vec::new();
-        build(&spec(d.path(), Layout::Artifact), &mut t).unwrap();
-        let files = blobs(&t);
-        let m = manifest_of(&files);
-        assert_eq!(m["config"]["mediaType"], crate::layers::WASM_CONFIG);
-        let config: serde_json::Value =
-            serde_json::from_slice(&files[&format!("blobs/sha256/{}", &m["config"]["digest"].as_str().unwrap()[7..])]).unwrap();
-        assert_eq!(config["architecture"], "wasm");
-        assert_eq!(config["os"], "wasip2");
-        assert_eq!(config["layerDigests"][0], m["layers"][0]["digest"]);
-        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
-        assert_eq!(index["manifests"][0]["platform"]["os"], "wasip2");
-    }
-
-    #[test]
-    fn only_wasm_can_be_a_wasm_layer() {
-        let d = tempfile::tempdir().unwrap();
-        let mut s = spec(d.path(), Layout::WasmLayers);
-        let txt = d.path().join("notes.txt");
-        std::fs::write(&txt, b"hello").unwrap();
-        s.files.push(ImageFile { source: txt, destination: "/notes.txt".into() });
-        assert!(matches!(build(&s, Vec::new()), Err(ImageError::NotWasmLayer { .. })));
     }
 }

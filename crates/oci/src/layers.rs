@@ -10,10 +10,8 @@ use thiserror::Error;
 /// artifact layout, and images built with `wasmcell image build --wasm-layers`.
 pub const WASM_LAYER: &str = "application/wasm";
 /// Layer media types other tools use for the same thing.
-pub const WASM_LAYER_ALIASES: &[&str] = &[
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-];
+pub const WASM_LAYER_ALIASES: &[&str] =
+    &["application/vnd.bytecodealliance.wasm.component.layer.v0+wasm", "application/vnd.wasm.content.layer.v1+wasm"];
 /// Config media type of the CNCF TAG Runtime Wasm OCI artifact.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// Layer annotation naming the file a layer holds.
@@ -42,12 +40,7 @@ pub fn pick_manifest(index: &ImageIndex) -> Result<&Descriptor, LayerError> {
             os.starts_with("wasi") || p.architecture().to_string() == "wasm"
         })
     };
-    index
-        .manifests()
-        .iter()
-        .find(wasm_platform)
-        .or_else(|| index.manifests().first())
-        .ok_or(LayerError::EmptyIndex)
+    index.manifests().iter().find(wasm_platform).or_else(|| index.manifests().first()).ok_or(LayerError::EmptyIndex)
 }
 
 fn title(d: &Descriptor) -> Option<&str> {
@@ -57,7 +50,7 @@ fn title(d: &Descriptor) -> Option<&str> {
 /// The Wasm layer that `entrypoint` (the container's `process.args[0]`)
 /// names: the one whose title is its file name, or the only Wasm layer.
 pub fn pick_wasm_layer<'a>(manifest: &'a ImageManifest, entrypoint: &str) -> Result<&'a Descriptor, LayerError> {
-    let wasm: Vec<&Descriptor> = manifest.layers().iter().filter(|l| is_wasm_layer(&l.media_type().to_string())).collect();
+    let wasm: Vec<&Descriptor> = manifest.layers().iter().filter(|l| is_wasm_layer(l.media_type().as_ref())).collect();
     let wanted = entrypoint.rsplit('/').next().unwrap_or(entrypoint);
     if let Some(l) = wasm.iter().find(|l| title(l).is_some_and(|t| t.rsplit('/').next() == Some(wanted))) {
         return Ok(l);

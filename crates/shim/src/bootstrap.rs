@@ -175,9 +175,7 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
     for (name, svc) in create_task(task) {
         services.insert(name.replace(".v3.", ".v2."), svc);
     }
-    let mut server = Server::new()
-        .add_listener(Listener::try_from(listener)?)
-        .register_service(services);
+    let mut server = Server::new().add_listener(Listener::try_from(listener)?).register_service(services);
     server.start().await?;
     // containerd's `start` waits for our stdout to close: we are up.
     crate::sys::process::detach_stdout();
@@ -186,11 +184,9 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
 
     tokio::spawn(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut pipe)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::pipe()),
-        ) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut pipe)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::pipe()))
+        else {
             return;
         };
         loop {

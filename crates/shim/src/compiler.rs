@@ -72,10 +72,7 @@ pub fn run_child(kind: Option<&str>) -> i32 {
         }
     };
     let mut bytes = Vec::new();
-    if let Err(e) = std::io::stdin()
-        .take(wasmcell_oci::entrypoint::MAX_WASM_BYTES + 1)
-        .read_to_end(&mut bytes)
-    {
+    if let Err(e) = std::io::stdin().take(wasmcell_oci::entrypoint::MAX_WASM_BYTES + 1).read_to_end(&mut bytes) {
         eprintln!("reading the Wasm from stdin: {e}");
         return 2;
     }

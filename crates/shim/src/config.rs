@@ -50,7 +50,11 @@ mod tests {
     fn root_option_places_the_cache() {
         use containerd_shim_protos::protobuf::Message;
         let opts = containerd_shim_protos::shim::oci::Options { root: "/var/lib/wc".into(), ..Default::default() };
-        let any = Any { type_url: "containerd.runc.v1.Options".into(), value: opts.write_to_bytes().unwrap(), ..Default::default() };
+        let any = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: opts.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
         assert_eq!(cache(Some(&any)).unwrap().dir, std::path::Path::new("/var/lib/wc/cache"));
         let other = Any { type_url: "runtimeoptions.v1.Options".into(), ..any };
         assert_ne!(cache(Some(&other)).map(|c| c.dir), Some("/var/lib/wc/cache".into()));

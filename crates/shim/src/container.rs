@@ -9,7 +9,9 @@ use wasmcell_engine::{GuestConfig, GuestIo, GuestStats, Program};
 use crate::lifecycle::Lifecycle;
 use crate::sys::Kernel;
 
-/// What a container runs.
+/// What a container runs. One per container, made once and never moved on a
+/// hot path: the size difference of its variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Workload {
     /// A pod's sandbox: no Wasm and no process. It holds the pod (the shim
     /// sits in its network namespace and cgroup) until it is killed.

@@ -21,10 +21,8 @@ use wasmcell_oci::layers::{pick_manifest, pick_wasm_layer, LayerError};
 /// Largest manifest or index the shim reads.
 const MAX_JSON_BYTES: u64 = 4 << 20;
 
-const INDEX_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
+const INDEX_TYPES: &[&str] =
+    &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 
 pub(crate) struct Client {
     channel: Channel,
@@ -38,9 +36,8 @@ fn rpc(what: &str, e: tonic::Status) -> String {
 impl Client {
     pub(crate) async fn connect(address: &str, namespace: &str) -> Result<Self, String> {
         let path = address.strip_prefix("unix://").unwrap_or(address);
-        let channel = containerd_client::connect(path)
-            .await
-            .map_err(|e| format!("connect to containerd at {path}: {e}"))?;
+        let channel =
+            containerd_client::connect(path).await.map_err(|e| format!("connect to containerd at {path}: {e}"))?;
         Ok(Client { channel, namespace: namespace.to_string() })
     }
 
@@ -98,10 +95,10 @@ impl Client {
             let index: ImageIndex =
                 serde_json::from_slice(&manifest_bytes).map_err(|e| format!("image index {}: {e}", target.digest))?;
             let m = pick_manifest(&index).map_err(|e| e.to_string())?;
-            manifest_bytes = self.blob(&m.digest().to_string(), m.size() as i64, MAX_JSON_BYTES).await?;
+            manifest_bytes = self.blob(m.digest().as_ref(), m.size() as i64, MAX_JSON_BYTES).await?;
         }
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| format!("image manifest of {}: {e}", container.image))?;
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| format!("image manifest of {}: {e}", container.image))?;
         let layer = match pick_wasm_layer(&manifest, entrypoint) {
             Ok(l) => l,
             Err(LayerError::NoWasmLayers) => return Ok(None),

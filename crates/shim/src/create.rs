@@ -28,10 +28,11 @@ fn listen(grants: &Grants, scope: SocketScope) -> Result<std::net::TcpListener, 
             "HTTP component needs the network its spec grants, and the shim could not enter it (see the shim log); cannot listen on {addr}"
         )));
     }
-    let sa: std::net::SocketAddr = addr
-        .parse()
-        .map_err(|e| ShimError::InvalidArgument(format!("WASMCELL_HTTP_ADDR {addr:?} is not an IP:port address: {e}")))?;
-    std::net::TcpListener::bind(sa).map_err(|e| ShimError::InvalidArgument(format!("HTTP component cannot listen on {addr}: {e}")))
+    let sa: std::net::SocketAddr = addr.parse().map_err(|e| {
+        ShimError::InvalidArgument(format!("WASMCELL_HTTP_ADDR {addr:?} is not an IP:port address: {e}"))
+    })?;
+    std::net::TcpListener::bind(sa)
+        .map_err(|e| ShimError::InvalidArgument(format!("HTTP component cannot listen on {addr}: {e}")))
 }
 
 /// An image that is not Wasm gets told where it belongs.
@@ -82,7 +83,9 @@ impl TaskService {
             ));
         }
         if !req.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented("restoring from a checkpoint is not supported for Wasm containers".into()));
+            return Err(ShimError::Unimplemented(
+                "restoring from a checkpoint is not supported for Wasm containers".into(),
+            ));
         }
         let bundle = PathBuf::from(&req.bundle);
         let b = bundle.clone();
@@ -125,9 +128,15 @@ impl TaskService {
             container.release(kernel).await;
             return Err(ShimError::AlreadyExists(req.id.clone()));
         }
-        self.inner
-            .events
-            .create(&req.id, &req.bundle, req.rootfs.clone(), &req.stdin, &req.stdout, &req.stderr, self.inner.pid);
+        self.inner.events.create(
+            &req.id,
+            &req.bundle,
+            req.rootfs.clone(),
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            self.inner.pid,
+        );
         // Loading the guest freed far more heap than the guest keeps.
         tokio::task::spawn_blocking(crate::sys::process::trim_heap);
         Ok(api::CreateTaskResponse { pid: self.inner.pid, ..Default::default() })
@@ -241,7 +250,8 @@ impl TaskService {
         let scope = socket_scope(&grants.network, &netns::joined());
         let mut config = GuestConfig::from_grants(grants, &private_dir(bundle), scope)?;
         let (k, b, m) = (self.inner.kernel.clone(), bundle.to_path_buf(), mounted_rootfs.map(Path::to_path_buf));
-        let config = blocking(move || k.grant_views(&mut config, &b, m.as_deref(), &private_dir(&b)).map(|()| config)).await??;
+        let config =
+            blocking(move || k.grant_views(&mut config, &b, m.as_deref(), &private_dir(&b)).map(|()| config)).await??;
         let listener = if program.is_server() { Some(listen(grants, scope)?) } else { None };
         Ok((Workload::Wasm { program, config }, listener))
     }

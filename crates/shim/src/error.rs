@@ -50,9 +50,13 @@ impl From<wasmcell_oci::EntrypointError> for ShimError {
             // Reading the node's own files failed: not the request's fault.
             E::Io { .. } => ShimError::Internal(e.to_string()),
             // What the image holds (or lacks) at its entrypoint.
-            E::Rootfs { .. } | E::NotFound(_) | E::Escapes(_) | E::IsDir(_) | E::NotAFile(_) | E::TooLarge { .. } | E::NotWasm { .. } => {
-                ShimError::InvalidArgument(e.to_string())
-            }
+            E::Rootfs { .. }
+            | E::NotFound(_)
+            | E::Escapes(_)
+            | E::IsDir(_)
+            | E::NotAFile(_)
+            | E::TooLarge { .. }
+            | E::NotWasm { .. } => ShimError::InvalidArgument(e.to_string()),
         }
     }
 }
@@ -104,7 +108,9 @@ mod tests {
             assert_eq!(code(e), want, "{msg}");
         }
         // An I/O failure is never called invalid WebAssembly.
-        assert!(!E::Io { what: "/rootfs/a.wasm".into(), reason: "EIO".into() }.to_string().contains("invalid WebAssembly"));
+        assert!(!E::Io { what: "/rootfs/a.wasm".into(), reason: "EIO".into() }
+            .to_string()
+            .contains("invalid WebAssembly"));
     }
 
     #[test]

@@ -153,11 +153,7 @@ impl Events {
     }
 
     pub(crate) fn start(&self, id: &str, pid: u32) {
-        let ev = TaskStart {
-            container_id: id.into(),
-            pid,
-            ..Default::default()
-        };
+        let ev = TaskStart { container_id: id.into(), pid, ..Default::default() };
         self.send(TASK_START_EVENT_TOPIC, Box::new(ev))
     }
 
@@ -174,10 +170,7 @@ impl Events {
     }
 
     pub(crate) fn oom(&self, id: &str) {
-        let ev = TaskOOM {
-            container_id: id.into(),
-            ..Default::default()
-        };
+        let ev = TaskOOM { container_id: id.into(), ..Default::default() };
         self.send(TASK_OOM_EVENT_TOPIC, Box::new(ev))
     }
 

@@ -24,8 +24,8 @@ mod metrics;
 mod rootfs;
 mod stdio;
 mod supervisor;
-mod task;
 pub mod sys;
+mod task;
 
 pub use error::ShimError;
 
@@ -60,10 +60,8 @@ pub fn main() {
         // containerd asks before any shim instance exists; the runtime name
         // alone tells it to accept every spec (our checks run at Create).
         use containerd_shim_protos::protobuf::Message;
-        let info = containerd_shim_protos::types::introspection::RuntimeInfo {
-            name: RUNTIME_ID.into(),
-            ..Default::default()
-        };
+        let info =
+            containerd_shim_protos::types::introspection::RuntimeInfo { name: RUNTIME_ID.into(), ..Default::default() };
         let bytes = info.write_to_bytes().expect("encode runtime info");
         use std::io::Write;
         let _ = std::io::stdout().write_all(&bytes);
@@ -73,7 +71,9 @@ pub fn main() {
     if serving {
         sys::process::limit_malloc_arenas();
         if flags.socket.is_empty() {
-            eprintln!("containerd-shim-wasmtime-v1: -socket is required to serve; containerd starts this binary with `start`");
+            eprintln!(
+                "containerd-shim-wasmtime-v1: -socket is required to serve; containerd starts this binary with `start`"
+            );
             std::process::exit(2);
         }
         // The serving daemon: its working directory is the bundle.

@@ -23,7 +23,10 @@ pub(crate) enum State {
     /// Start has taken the container: the guest is being spawned.
     Starting,
     Running,
-    Stopped { status: u32, at: Timestamp },
+    Stopped {
+        status: u32,
+        at: Timestamp,
+    },
 }
 
 struct Inner {
@@ -245,10 +248,7 @@ mod tests {
             let l = Arc::new(Lifecycle::new());
             let l2 = l.clone();
             let killer = std::thread::spawn(move || l2.kill("c", SIGKILL, false, ts(), |_, _| {}).unwrap());
-            let started = l.begin_start("c").map(|rx| {
-                l.started();
-                rx
-            });
+            let started = l.begin_start("c").inspect(|_| l.started());
             let killed = killer.join().unwrap();
             match (started, killed) {
                 (Err(_), Killed::StoppedUnstarted(137)) => {}

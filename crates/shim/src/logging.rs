@@ -52,10 +52,7 @@ mod tests {
 
     #[test]
     fn only_our_targets_pass_below_warn() {
-        let f = Filtered {
-            inner: FifoLogger::with_file(tempfile::tempfile().unwrap()),
-            ours: LevelFilter::Debug,
-        };
+        let f = Filtered { inner: FifoLogger::with_file(tempfile::tempfile().unwrap()), ours: LevelFilter::Debug };
         let m = |target: &'static str, level| Metadata::builder().target(target).level(level).build();
         assert!(f.enabled(&m("wasmcell_shim::service", log::Level::Debug)));
         assert!(!f.enabled(&m("cranelift_codegen::isa", log::Level::Debug)));

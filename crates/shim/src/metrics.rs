@@ -12,19 +12,10 @@ use wasmcell_engine::GuestStats;
 /// For an HTTP server, `pids.current` is the number of live instances
 /// (requests being handled); for a command, 1 while it runs.
 pub(crate) fn to_any(stats: &GuestStats, memory_limit: Option<u64>, live: bool, server: bool) -> Result<Any, String> {
-    let current = if server {
-        stats.requests_in_flight.load(Ordering::Relaxed)
-    } else {
-        u64::from(live)
-    };
+    let current = if server { stats.requests_in_flight.load(Ordering::Relaxed) } else { u64::from(live) };
     let cpu_ns = stats.cpu_ns.load(Ordering::Relaxed);
     let m = Metrics {
-        pids: Some(PidsStat {
-            current,
-            limit: 0,
-            ..Default::default()
-        })
-        .into(),
+        pids: Some(PidsStat { current, limit: 0, ..Default::default() }).into(),
         cpu: Some(CPUStat {
             usage_usec: cpu_ns / 1000,
             user_usec: cpu_ns / 1000,

@@ -61,9 +61,8 @@ pub(crate) fn harden_preopens(
             continue;
         }
         let view = views.join(i.to_string());
-        crate::sys::mount::bind_hardened(&p.host, &view, p.readonly).map_err(|e| {
-            ShimError::Internal(format!("directory {} for the guest: {e}", p.guest))
-        })?;
+        crate::sys::mount::bind_hardened(&p.host, &view, p.readonly)
+            .map_err(|e| ShimError::Internal(format!("directory {} for the guest: {e}", p.guest)))?;
         p.host = view;
     }
     for p in &config.preopens {

@@ -136,11 +136,7 @@ const CLIENT_READER_WAIT: std::time::Duration = std::time::Duration::from_secs(2
 async fn client_reader(path: &str) -> Option<std::fs::File> {
     let deadline = tokio::time::Instant::now() + CLIENT_READER_WAIT;
     loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-        {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path) {
             Ok(f) => return Some(f),
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -204,7 +200,11 @@ impl Stdin {
 }
 
 /// Opens the streams containerd asked for. Must run inside the shim's runtime.
-pub(crate) async fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<(IoTasks, Stdin, GuestIo, Drained), ShimError> {
+pub(crate) async fn open(
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+) -> Result<(IoTasks, Stdin, GuestIo, Drained), ShimError> {
     let io = IoTasks::default();
     let mut guest = GuestIo::default();
     let mut input = Stdin::default();

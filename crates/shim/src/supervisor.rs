@@ -117,7 +117,11 @@ impl TaskService {
             let drained = c.drained.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(d) = drained {
                 if !d.wait(stdio::DRAIN_WAIT).await {
-                    log::warn!("exit id={}: output not taken within {:?}; the rest may be lost", c.id, stdio::DRAIN_WAIT);
+                    log::warn!(
+                        "exit id={}: output not taken within {:?}; the rest may be lost",
+                        c.id,
+                        stdio::DRAIN_WAIT
+                    );
                 }
             }
             svc.exited(&c, status, oom);
@@ -174,7 +178,8 @@ mod tests {
 
     #[test]
     fn signal_policy() {
-        let (term, int, kill, usr1) = (libc::SIGTERM as u32, libc::SIGINT as u32, libc::SIGKILL as u32, libc::SIGUSR1 as u32);
+        let (term, int, kill, usr1) =
+            (libc::SIGTERM as u32, libc::SIGINT as u32, libc::SIGKILL as u32, libc::SIGUSR1 as u32);
         assert_eq!(on_signal(term, true, false), OnSignal::Drain);
         assert_eq!(on_signal(int, true, false), OnSignal::Drain);
         assert_eq!(on_signal(kill, true, false), OnSignal::End(137));

@@ -126,9 +126,9 @@ impl TaskService {
             )));
         }
         let (events, pid) = (&self.inner.events, self.inner.pid);
-        let killed = c.life.kill(&c.id, sig, ignored_signal(sig), now(), |status, at| {
-            events.exit(&c.id, pid, status, at.clone())
-        })?;
+        let killed = c
+            .life
+            .kill(&c.id, sig, ignored_signal(sig), now(), |status, at| events.exit(&c.id, pid, status, at.clone()))?;
         if let Killed::StoppedUnstarted(status) = killed {
             log::info!("exit id={} status={status} (killed before start)", c.id);
         }
@@ -144,7 +144,12 @@ impl TaskService {
         self.inner.cgroup.leave(&c.id).await;
         self.inner.events.delete(&c.id, self.inner.pid, status, at.clone());
         log::info!("delete id={} status={status}", c.id);
-        Ok(api::DeleteResponse { pid: self.inner.pid, exit_status: status, exited_at: Some(at).into(), ..Default::default() })
+        Ok(api::DeleteResponse {
+            pid: self.inner.pid,
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        })
     }
 
     pub(crate) async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse, ShimError> {
@@ -362,7 +367,12 @@ mod tests {
     struct Shared(Arc<FakeKernel>);
 
     impl Kernel for Shared {
-        fn mount_rootfs(&self, _: &[containerd_shim_protos::types::mount::Mount], t: &Path, ro: bool) -> Result<(), ShimError> {
+        fn mount_rootfs(
+            &self,
+            _: &[containerd_shim_protos::types::mount::Mount],
+            t: &Path,
+            ro: bool,
+        ) -> Result<(), ShimError> {
             self.0.note(format!("mount {} ro={ro}", t.display()));
             Ok(())
         }
@@ -429,7 +439,10 @@ mod tests {
         rt().block_on(async {
             let svc = service(&k);
             create(&svc, "spin", bundle(d.path(), "spin", "spin.wasm")).await.unwrap();
-            assert!(matches!(create(&svc, "spin", bundle(d.path(), "spin", "spin.wasm")).await, Err(ShimError::AlreadyExists(_))));
+            assert!(matches!(
+                create(&svc, "spin", bundle(d.path(), "spin", "spin.wasm")).await,
+                Err(ShimError::AlreadyExists(_))
+            ));
             svc.do_start(api::StartRequest { id: "spin".into(), ..Default::default() }).await.unwrap();
             let st = svc.do_state(api::StateRequest { id: "spin".into(), ..Default::default() }).unwrap();
             assert_eq!(st.status, Status::RUNNING.into());

@@ -200,18 +200,16 @@ impl Cri {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let socket = cd.socket.clone();
         let channel = rt
-            .block_on(
-                tonic::transport::Endpoint::try_from("http://[::]:50051")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let socket = socket.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                                tokio::net::UnixStream::connect(socket).await?,
-                            ))
-                        }
-                    })),
-            )
+            .block_on(tonic::transport::Endpoint::try_from("http://[::]:50051").unwrap().connect_with_connector(
+                tower::service_fn(move |_: tonic::transport::Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(socket).await?,
+                        ))
+                    }
+                }),
+            ))
             .expect("connect to containerd's CRI");
         let c = Cri {
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -280,10 +278,16 @@ impl Cri {
         let out = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&pause).arg(&src).output();
         match out {
             Ok(o) if o.status.success() => {}
-            other => panic!("building the pause image needs gcc and static libc (apt-get install gcc libc6-dev): {other:?}"),
+            other => {
+                panic!("building the pause image needs gcc and static libc (apt-get install gcc libc6-dev): {other:?}")
+            }
         }
         let entry = format!("{}:/pause", pause.display());
-        self.build_and_import(PAUSE_IMAGE, std::slice::from_ref(&entry), &["--platform", "linux/amd64", "--entrypoint", "/pause"]);
+        self.build_and_import(
+            PAUSE_IMAGE,
+            std::slice::from_ref(&entry),
+            &["--platform", "linux/amd64", "--entrypoint", "/pause"],
+        );
         let mut files: Vec<String> = std::fs::read_dir(fixtures_dir())
             .unwrap()
             .flatten()
@@ -307,9 +311,7 @@ impl Cri {
             .output()
             .expect("run wasmcell");
         assert!(out.status.success(), "wasmcell image build: {}", String::from_utf8_lossy(&out.stderr));
-        self.cd
-            .ctr_ns(K8S_NS, &["images", "import", "--all-platforms", tar.to_str().unwrap()])
-            .ok();
+        self.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
     }
 
     /// A pod config as kubelet writes it: metadata, log directory, the
@@ -320,12 +322,7 @@ impl Cri {
         let logs = self.cd.dir.path().join("pods").join(&uid);
         std::fs::create_dir_all(&logs).unwrap();
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid,
-                namespace: "default".into(),
-                attempt: 0,
-            }),
+            metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid, namespace: "default".into(), attempt: 0 }),
             hostname: name.into(),
             log_directory: logs.display().to_string(),
             linux: Some(cri::LinuxPodSandboxConfig {
@@ -360,11 +357,8 @@ impl Cri {
 
     pub fn pod_status(&self, id: &str) -> CriResult<cri::PodSandboxStatus> {
         let mut r = self.runtime.clone();
-        self.block_on(r.pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.into(),
-            verbose: false,
-        }))
-        .map(|r| r.into_inner().status.unwrap_or_default())
+        self.block_on(r.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false }))
+            .map(|r| r.into_inner().status.unwrap_or_default())
     }
 
     /// A container config for the fixtures image: `command` replaces the
@@ -374,16 +368,18 @@ impl Cri {
             metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: WASM_IMAGE.into(), ..Default::default() }),
             command: command.iter().map(|s| s.to_string()).collect(),
-            envs: env
-                .iter()
-                .map(|(k, v)| cri::KeyValue { key: k.to_string(), value: v.to_string() })
-                .collect(),
+            envs: env.iter().map(|(k, v)| cri::KeyValue { key: k.to_string(), value: v.to_string() }).collect(),
             log_path: format!("{name}.log"),
             ..Default::default()
         }
     }
 
-    pub fn create(&self, pod: &str, pod_config: &cri::PodSandboxConfig, config: cri::ContainerConfig) -> CriResult<String> {
+    pub fn create(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> CriResult<String> {
         let mut r = self.runtime.clone();
         self.block_on(r.create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
@@ -395,17 +391,13 @@ impl Cri {
 
     pub fn start_container(&self, id: &str) -> CriResult<()> {
         let mut r = self.runtime.clone();
-        self.block_on(r.start_container(cri::StartContainerRequest { container_id: id.into() }))
-            .map(|_| ())
+        self.block_on(r.start_container(cri::StartContainerRequest { container_id: id.into() })).map(|_| ())
     }
 
     pub fn container_status(&self, id: &str) -> CriResult<cri::ContainerStatus> {
         let mut r = self.runtime.clone();
-        self.block_on(r.container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        }))
-        .map(|r| r.into_inner().status.unwrap_or_default())
+        self.block_on(r.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false }))
+            .map(|r| r.into_inner().status.unwrap_or_default())
     }
 
     /// Waits (bounded by count) until the container has exited.
@@ -448,32 +440,27 @@ impl Cri {
 
     pub fn stop_container(&self, id: &str, timeout: i64) -> CriResult<()> {
         let mut r = self.runtime.clone();
-        self.block_on(r.stop_container(cri::StopContainerRequest { container_id: id.into(), timeout }))
-            .map(|_| ())
+        self.block_on(r.stop_container(cri::StopContainerRequest { container_id: id.into(), timeout })).map(|_| ())
     }
 
     pub fn remove_container(&self, id: &str) -> CriResult<()> {
         let mut r = self.runtime.clone();
-        self.block_on(r.remove_container(cri::RemoveContainerRequest { container_id: id.into() }))
-            .map(|_| ())
+        self.block_on(r.remove_container(cri::RemoveContainerRequest { container_id: id.into() })).map(|_| ())
     }
 
     pub fn stop_pod(&self, id: &str) -> CriResult<()> {
         let mut r = self.runtime.clone();
-        self.block_on(r.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }))
-            .map(|_| ())
+        self.block_on(r.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })).map(|_| ())
     }
 
     pub fn remove_pod(&self, id: &str) -> CriResult<()> {
         let mut r = self.runtime.clone();
-        self.block_on(r.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }))
-            .map(|_| ())
+        self.block_on(r.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })).map(|_| ())
     }
 
     pub fn list_images(&self) -> CriResult<Vec<cri::Image>> {
         let mut i = self.images.clone();
-        self.block_on(i.list_images(cri::ListImagesRequest { filter: None }))
-            .map(|r| r.into_inner().images)
+        self.block_on(i.list_images(cri::ListImagesRequest { filter: None })).map(|r| r.into_inner().images)
     }
 
     /// The CRI log file of a container: `(stream, line)` pairs, as kubelet
@@ -495,7 +482,12 @@ impl Cri {
     /// times, [`wait::STEP`] apart) until a line contains `needle`: the
     /// container's output reaches its log file asynchronously. Returns the
     /// lines read last, for the caller to assert on.
-    pub fn wait_log_lines(&self, pod_config: &cri::PodSandboxConfig, name: &str, needle: &str) -> Vec<(String, String)> {
+    pub fn wait_log_lines(
+        &self,
+        pod_config: &cri::PodSandboxConfig,
+        name: &str,
+        needle: &str,
+    ) -> Vec<(String, String)> {
         wait::until(100, || self.log_lines(pod_config, name), |lines| lines.iter().any(|(_, l)| l.contains(needle)))
     }
 

@@ -180,9 +180,8 @@ impl Release {
                     return Release::of_binaries(d, ctr);
                 }
                 if let Ok(s) = std::env::var("WASMCELL_CONTAINERD_VERSION") {
-                    let v = Version::parse(&s).unwrap_or_else(|| {
-                        panic!("WASMCELL_CONTAINERD_VERSION={s}: expected one of 1.6, 1.7, 2.1")
-                    });
+                    let v = Version::parse(&s)
+                        .unwrap_or_else(|| panic!("WASMCELL_CONTAINERD_VERSION={s}: expected one of 1.6, 1.7, 2.1"));
                     return Release::of(v);
                 }
                 Release::of_binaries(require_binary("containerd"), require_binary("ctr"))
@@ -404,18 +403,9 @@ state = "{d}/state"
             .stderr(log)
             .spawn()
             .expect("start containerd");
-        let namespace = format!(
-            "t{}",
-            d.file_name().unwrap().to_string_lossy().trim_start_matches("wc").to_lowercase()
-        );
-        let c = Containerd {
-            namespace,
-            dir,
-            socket,
-            release: release.clone(),
-            child: Some(child),
-            events: Vec::new(),
-        };
+        let namespace =
+            format!("t{}", d.file_name().unwrap().to_string_lossy().trim_start_matches("wc").to_lowercase());
+        let c = Containerd { namespace, dir, socket, release: release.clone(), child: Some(child), events: Vec::new() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if c.socket.exists() && c.ctr(&["version"]).code == Some(0) {
@@ -438,9 +428,7 @@ state = "{d}/state"
     pub fn log_problems(&self, needles: &[&str]) -> Vec<String> {
         self.log()
             .lines()
-            .filter(|l| {
-                ["level=warning", "level=error", "level=fatal", "level=panic"].iter().any(|x| l.contains(x))
-            })
+            .filter(|l| ["level=warning", "level=error", "level=fatal", "level=panic"].iter().any(|x| l.contains(x)))
             .filter(|l| {
                 let low = l.to_lowercase();
                 needles.iter().any(|n| low.contains(&n.to_lowercase()))

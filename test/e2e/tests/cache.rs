@@ -30,7 +30,10 @@ fn second_start_hits_the_cache_and_corruption_is_repaired() {
     c.run("second", &[], &["/hello.wasm"]).ok();
     let log = c.log();
     assert!(log.contains("compile cache Hit"), "second start loads from the cache");
-    assert!(log.contains("/hello.wasm: digest known from the file's identity, not read"), "second start does not hash the Wasm");
+    assert!(
+        log.contains("/hello.wasm: digest known from the file's identity, not read"),
+        "second start does not hash the Wasm"
+    );
 
     // Corrupt the entry: the next start still runs, from a fresh compile.
     let mut data = std::fs::read(&e[0]).unwrap();

@@ -86,7 +86,12 @@ fn wasm_pod_lifecycle_like_kubelet() {
     // UpdateContainerResources reaches the shim's Update: the new cap is live.
     c.update_memory_limit(&busy, 64 << 20).expect("UpdateContainerResources");
     let m = c.cd.ctr_ns(wasmcell_e2e::cri::K8S_NS, &["task", "metrics", &busy]);
-    let limit = m.stdout.lines().find(|l| l.starts_with("memory.usage_limit")).and_then(|l| l.split_whitespace().nth(1)).map(String::from);
+    let limit = m
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("memory.usage_limit"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(String::from);
     assert_eq!(limit.as_deref(), Some("67108864"), "{m:?}");
     let s = c.container_stats(&web).expect("ContainerStats web");
     let cpu = s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);

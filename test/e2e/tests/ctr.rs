@@ -53,7 +53,17 @@ fn trap_is_nonzero_with_message_on_stderr() {
 #[test]
 fn stdin_reaches_the_guest_and_eof_ends_it() {
     let c = Containerd::start();
-    let args = ["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME, wasmcell_e2e::FIXTURES_IMAGE, "echo", "/stdin-echo.wasm"];
+    let args = [
+        "run",
+        "--rm",
+        "--platform",
+        "wasi/wasm",
+        "--runtime",
+        RUNTIME,
+        wasmcell_e2e::FIXTURES_IMAGE,
+        "echo",
+        "/stdin-echo.wasm",
+    ];
     let r = c.ctr_input(&args, b"first\nsecond\n");
     r.ok();
     assert_eq!(r.stdout, "echo: first\necho: second\nstdin closed\n");
@@ -98,7 +108,8 @@ fn detached_lifecycle_sigterm() {
     c.wait_status("spin", "RUNNING");
     let ps = c.ctr(&["task", "ps", "spin"]);
     ps.ok();
-    let pid: i32 = ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("a pid");
+    let pid: i32 =
+        ps.stdout.lines().nth(1).and_then(|l| l.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("a pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     // The guest spins: its CPU time shows in metrics.
     let cpu = until(100, || c.cpu_usage_usec("spin"), |cpu| *cpu > 0);

@@ -43,10 +43,8 @@ fn every_bad_input_is_refused_clearly_and_cleanly() {
     let r = run_image(&c, "malformed", f, "/app.wasm");
     assert_refused(&c, &r, "malformed", "invalid WebAssembly");
 
-    let component = wat::parse_str(
-        r#"(component (import "wasi:nothere/thing@0.1.0" (instance (export "f" (func)))))"#,
-    )
-    .unwrap();
+    let component =
+        wat::parse_str(r#"(component (import "wasi:nothere/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
     let f = write(&c, "imports.wasm", &component);
     let r = run_image(&c, "badimport", f, "/app.wasm");
     assert_refused(&c, &r, "badimport", "wasi:nothere/thing@0.1.0");
@@ -69,7 +67,8 @@ fn every_bad_input_is_refused_clearly_and_cleanly() {
     // Valid Wasm beyond the shim's per-instance limits (8 tables): said so,
     // not called invalid. It is compiled (in the shim's compiler child) and
     // refused when loaded.
-    let module = wat::parse_str(format!(r#"(module {} (func (export "_start")))"#, "(table 1 funcref) ".repeat(9))).unwrap();
+    let module =
+        wat::parse_str(format!(r#"(module {} (func (export "_start")))"#, "(table 1 funcref) ".repeat(9))).unwrap();
     let f = write(&c, "tables.wasm", &module);
     let r = run_image(&c, "toobig", f, "/app.wasm");
     assert_refused(&c, &r, "toobig", "per-instance limits");

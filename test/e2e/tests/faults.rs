@@ -313,7 +313,10 @@ fn hostile_guests_leave_the_shims_responsive() {
         let ls = c.ctr(&["task", "ls"]);
         ls.ok();
         for id in [&victim, &spin, &blocked] {
-            assert!(ls.stdout.lines().any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING")), "round {round}: {ls:?}");
+            assert!(
+                ls.stdout.lines().any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING")),
+                "round {round}: {ls:?}"
+            );
             c.ctr(&["task", "metrics", id]).ok();
             c.ctr(&["task", "ps", id]).ok();
         }
@@ -321,7 +324,8 @@ fn hostile_guests_leave_the_shims_responsive() {
         // It may have finished already: then its task reports STOPPED.
         assert!(m.code == Some(0) || ls.stdout.contains("STOPPED"), "{m:?}");
     }
-    let flooding = c.ctr(&["task", "ls"]).stdout.lines().any(|l| l.starts_with(flood.as_str()) && l.contains("RUNNING"));
+    let flooding =
+        c.ctr(&["task", "ls"]).stdout.lines().any(|l| l.starts_with(flood.as_str()) && l.contains("RUNNING"));
     println!("stderr flood still running during the checks: {flooding}");
 
     // Another container is killed and its exit seen, while all that goes on.

@@ -6,10 +6,7 @@ use std::io::Write;
 use wasmcell_e2e::{Containerd, Ran};
 
 fn line<'a>(r: &'a Ran, prefix: &str) -> &'a str {
-    r.stdout
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line {prefix:?} in {r:?}"))
+    r.stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix:?} in {r:?}"))
 }
 
 fn ok(r: &Ran, prefix: &str) {
@@ -39,16 +36,26 @@ fn filesystem_grants_follow_the_spec() {
         &["--mount", &m_ro, "--mount", &m_rw],
         &[
             "/probe.wasm",
-            "read", "/data/in.txt",
-            "write", "/data/new.txt",
-            "write", "/out/new.txt",
-            "write", "/rootfs-file.txt",
-            "write", "/run/tmpfs-file.txt",
-            "read", &secret,
-            "read", "/../../../../etc/passwd",
-            "ls", "/proc",
-            "ls", "/sys",
-            "ls", "/dev",
+            "read",
+            "/data/in.txt",
+            "write",
+            "/data/new.txt",
+            "write",
+            "/out/new.txt",
+            "write",
+            "/rootfs-file.txt",
+            "write",
+            "/run/tmpfs-file.txt",
+            "read",
+            &secret,
+            "read",
+            "/../../../../etc/passwd",
+            "ls",
+            "/proc",
+            "ls",
+            "/sys",
+            "ls",
+            "/dev",
         ],
     );
     ok(&r, "read /data/in.txt");
@@ -126,7 +133,12 @@ fn memory_bomb_is_oom_killed_and_others_keep_running() {
 #[test]
 fn shim_joins_and_removes_the_container_cgroup() {
     let c = Containerd::start();
-    c.run_detached("cg", &["--memory-limit", "33554432", "--cpu-quota", "50000", "--cpu-period", "100000"], &["/spin.wasm"]).ok();
+    c.run_detached(
+        "cg",
+        &["--memory-limit", "33554432", "--cpu-quota", "50000", "--cpu-period", "100000"],
+        &["/spin.wasm"],
+    )
+    .ok();
     c.wait_status("cg", "RUNNING");
     let pid = c.shim_pids()[0];
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();

@@ -12,10 +12,7 @@ fn probe() -> String {
 }
 
 fn line<'a>(r: &'a Ran, prefix: &str) -> &'a str {
-    r.stdout
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line {prefix:?} in {r:?}"))
+    r.stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix:?} in {r:?}"))
 }
 
 /// The probe's report of an open refused with EACCES, as std names it.
@@ -46,7 +43,19 @@ fn device_node_in_an_image_gives_no_access_to_the_device() {
     for (id, extra) in [("dev-rw", vec!["--mount", &bind]), ("dev-ro", vec!["--read-only", "--mount", &bind])] {
         let mut a = vec!["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME];
         a.extend(extra);
-        a.extend([DEV_IMAGE, id, "/probe.wasm", "read", "/disk", "write", "/disk", "read", "/data/disk", "write", "/data/disk"]);
+        a.extend([
+            DEV_IMAGE,
+            id,
+            "/probe.wasm",
+            "read",
+            "/disk",
+            "write",
+            "/disk",
+            "read",
+            "/data/disk",
+            "write",
+            "/data/disk",
+        ]);
         let r = c.ctr(&a);
         assert_eq!(r.code, Some(1), "every action must fail: {r:?}");
         for action in ["read /disk", "write /disk", "read /data/disk", "write /data/disk"] {
@@ -106,10 +115,8 @@ fn device_node_in_an_image_through_cri() {
     assert_eq!(c.wait_exited(&id).exit_code, 1);
     let lines = c.wait_log_lines(&pod_cfg, "reader", "write /disk");
     for action in ["read /disk", "write /disk"] {
-        let l = lines
-            .iter()
-            .find(|(_, l)| l.starts_with(action))
-            .unwrap_or_else(|| panic!("no {action:?} in {lines:?}"));
+        let l =
+            lines.iter().find(|(_, l)| l.starts_with(action)).unwrap_or_else(|| panic!("no {action:?} in {lines:?}"));
         assert_refused(&l.1);
     }
     assert_eq!(disk.head(DISK_SECRET.len()), DISK_SECRET, "the device's bytes changed");
@@ -142,7 +149,10 @@ fn host_network_pod_gets_the_hosts_network() {
     let pod = c.run_pod(&pod_cfg).expect("RunPodSandbox");
     let mut cfg = c.container_config("client", &["/probe.wasm", "connect", &addr], &[]);
     cfg.linux = Some(cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext { namespace_options: Some(node()), ..Default::default() }),
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(node()),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let id = c.create(&pod, &pod_cfg, cfg).expect("CreateContainer");
@@ -168,7 +178,9 @@ fn absolute_symlink_entrypoint_resolves_inside_the_rootfs() {
     let host_wasm = c.dir.path().join("host-only.wasm");
     std::fs::copy(probe(), &host_wasm).unwrap();
     let mut b = tar::Builder::new(Vec::new());
-    for (name, target) in [("ep_abs.wasm", "/probe.wasm".to_string()), ("to_host.wasm", host_wasm.display().to_string())] {
+    for (name, target) in
+        [("ep_abs.wasm", "/probe.wasm".to_string()), ("to_host.wasm", host_wasm.display().to_string())]
+    {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -181,7 +193,19 @@ fn absolute_symlink_entrypoint_resolves_inside_the_rootfs() {
     add_layer(&base, &img, "wasmcell.test/links:latest", b.into_inner().unwrap());
     c.ctr(&["images", "import", "--all-platforms", img.to_str().unwrap()]).ok();
     let run = |id: &str, ep: &str| {
-        c.ctr(&["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME, "wasmcell.test/links:latest", id, ep, "print", "ran"])
+        c.ctr(&[
+            "run",
+            "--rm",
+            "--platform",
+            "wasi/wasm",
+            "--runtime",
+            RUNTIME,
+            "wasmcell.test/links:latest",
+            id,
+            ep,
+            "print",
+            "ran",
+        ])
     };
     let r = run("abs-link", "/ep_abs.wasm");
     assert_eq!(r.code, Some(0), "{r:?}");

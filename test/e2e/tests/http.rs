@@ -1,7 +1,6 @@
 //! `wasi:http/proxy` components served as long-running HTTP containers.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use wasmcell_e2e::wait::{free_port, poll, until};
@@ -40,7 +39,10 @@ fn serves_requests_on_the_host_network_and_survives_a_trap() {
     let (status, body) = get(&addr, "/hello?x=1").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("hello from wasmcell http"), "{body}");
-    assert!(body.contains("method: GET") && body.contains("path: /hello?x=1") && body.contains("x-test: probe-value"), "{body}");
+    assert!(
+        body.contains("method: GET") && body.contains("path: /hello?x=1") && body.contains("x-test: probe-value"),
+        "{body}"
+    );
     // A trapping handler gives that request a 500; the server keeps serving.
     assert_eq!(get(&addr, "/trap").unwrap().0, 500);
     assert_eq!(get(&addr, "/after-trap").unwrap().0, 200);

@@ -327,8 +327,10 @@ fn runtime_types(toml: &str, schema: u32, name: &str) -> Vec<String> {
 /// schema, with wasmcell's runtime_type; and runc still registered.
 fn check_registered(toml: &str, schema: u32) {
     let doc = parse(toml);
-    let wasmtime: Vec<Vec<String>> =
-        table_paths(&doc).into_iter().filter(|p| p.ends_with(&["containerd".into(), "runtimes".into(), "wasmtime".into()])).collect();
+    let wasmtime: Vec<Vec<String>> = table_paths(&doc)
+        .into_iter()
+        .filter(|p| p.ends_with(&["containerd".into(), "runtimes".into(), "wasmtime".into()]))
+        .collect();
     let mut want: Vec<String> = plugin_path(schema).iter().map(|k| k.to_string()).collect();
     want.extend(["containerd", "runtimes", "wasmtime"].map(String::from));
     assert_eq!(wasmtime, vec![want.clone()], "expected exactly one wasmtime runtime table, {want:?}:\n{toml}");

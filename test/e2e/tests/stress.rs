@@ -287,7 +287,12 @@ fn import_native_true(c: &Containerd) -> &'static str {
     std::fs::create_dir_all(&dir).unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/true.c");
     let bin = dir.join("true");
-    let gcc = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&bin).arg(&src).output().expect("gcc (apt-get install gcc libc6-dev)");
+    let gcc = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .expect("gcc (apt-get install gcc libc6-dev)");
     assert!(gcc.status.success(), "gcc -static failed: {}", String::from_utf8_lossy(&gcc.stderr));
     let tar = dir.join("true.tar");
     let out = Command::new(wasmcell_e2e::target_dir().join("wasmcell"))
@@ -324,7 +329,12 @@ fn many_tasks_mixed_exits_traps_kills_leave_nothing_behind() {
         }
     });
     let failures = failures.into_inner().unwrap();
-    assert!(failures.is_empty(), "{} of {n} tasks went wrong, e.g.:\n{}", failures.len(), failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {n} tasks went wrong, e.g.:\n{}",
+        failures.len(),
+        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
 
     // The events agree with what ctr said: one exit of the right status per
     // task, and its delete.
@@ -378,8 +388,14 @@ fn many_tasks_mixed_exits_traps_kills_leave_nothing_behind() {
         assert_eq!(bad.load(Ordering::Relaxed), 0, "runc runs failed");
         assert_nothing_left(&c, &prefix);
         let (p, r) = (rate(n, plain), rate(n, runc));
-        println!("stress: wasmcell exit 0 (ctr run --rm): {n} tasks, {parallel} at a time: {:.1} s, {p:.1} tasks/s", plain.as_secs_f64());
-        println!("stress: runc static true (ctr run --rm): {n} tasks, {parallel} at a time: {:.1} s, {r:.1} tasks/s", runc.as_secs_f64());
+        println!(
+            "stress: wasmcell exit 0 (ctr run --rm): {n} tasks, {parallel} at a time: {:.1} s, {p:.1} tasks/s",
+            plain.as_secs_f64()
+        );
+        println!(
+            "stress: runc static true (ctr run --rm): {n} tasks, {parallel} at a time: {:.1} s, {r:.1} tasks/s",
+            runc.as_secs_f64()
+        );
         println!("stress: wasmcell / runc = {:.2}x (exit 0), {:.2}x (mix)", p / r, mix / r);
     }
     drop(ev);

@@ -16,13 +16,7 @@ use wasmcell_e2e::{Containerd, Release, Version, RUNTIME};
 
 /// What containerd's log must never say at warning level or worse: anything
 /// about our runtime, its shim binary, or runtime introspection (`-info`).
-const SHIM_NEEDLES: &[&str] = &[
-    "wasmtime",
-    "runtime info",
-    "runtimeinfo",
-    "runtime features",
-    "introspect",
-];
+const SHIM_NEEDLES: &[&str] = &["wasmtime", "runtime info", "runtimeinfo", "runtime features", "introspect"];
 
 /// Steps and their wall time, printed at the end (`--nocapture` shows it).
 struct Clock {
@@ -56,7 +50,8 @@ impl Clock {
 /// containerd's log lines about container `id` (for failure messages).
 fn log_of(c: &Containerd, id: &str) -> String {
     let log = c.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("id={id}")) || l.contains(&format!("\"{id}\""))).collect();
+    let lines: Vec<&str> =
+        log.lines().filter(|l| l.contains(&format!("id={id}")) || l.contains(&format!("\"{id}\""))).collect();
     lines.join("\n")
 }
 
@@ -157,7 +152,10 @@ fn cri_smoke(v: Version, clock: &mut Clock) {
         let path = std::path::Path::new(&pod_cfg.log_directory).join("hello.log");
         let meta = std::fs::metadata(&path);
         let log = c.cd.log();
-        let relevant: Vec<&str> = log.lines().filter(|l| l.contains(&hello[..12]) || l.contains("level=error") || l.contains("level=warn")).collect();
+        let relevant: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&hello[..12]) || l.contains("level=error") || l.contains("level=warn"))
+            .collect();
         panic!(
             "containerd {}: no log lines for {hello} in {} ({meta:?}); status {st:?}; containerd log:\n{}",
             c.cd.release.version,

@@ -54,11 +54,7 @@ pub fn resolve_path(cgroups_path: &str) -> Option<String> {
                 dir.push_str(".slice");
             }
         }
-        let unit = if prefix.is_empty() {
-            format!("{name}.scope")
-        } else {
-            format!("{prefix}-{name}.scope")
-        };
+        let unit = if prefix.is_empty() { format!("{name}.scope") } else { format!("{prefix}-{name}.scope") };
         return Some(format!("{dir}/{unit}"));
     }
     if p.split('/').any(|c| c == "..") {
@@ -207,7 +203,9 @@ mod tests {
             ("system.slice:cri-containerd:abc", Some("/system.slice/cri-containerd-abc.scope")),
             (
                 "kubepods-besteffort-pod1.slice:cri-containerd:c1",
-                Some("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-c1.scope"),
+                Some(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-c1.scope",
+                ),
             ),
             ("-.slice::c1", Some("/c1.scope")),
             ("bad:slice:x", None),

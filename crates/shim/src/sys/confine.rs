@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 /// The capabilities the serving shim keeps, each with the work that needs it.
@@ -80,12 +80,7 @@ pub fn apply() {
     let capabilities = drop_capabilities();
     let no_new_privs = nix::sys::prctl::set_no_new_privs().map_err(|e| format!("PR_SET_NO_NEW_PRIVS: {e}"));
     let seccomp = install_seccomp();
-    let _ = OUTCOME.set(Outcome {
-        capabilities,
-        no_new_privs,
-        seccomp,
-        threads,
-    });
+    let _ = OUTCOME.set(Outcome { capabilities, no_new_privs, seccomp, threads });
 }
 
 /// What [`apply`] achieved; `None` when it never ran.

@@ -83,14 +83,9 @@ pub fn harden(top: &Path, readonly: bool) -> io::Result<()> {
         if readonly {
             flags |= MsFlags::MS_RDONLY;
         }
-        mount(
-            None::<&str>,
-            &mp,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
-            None::<&str>,
-        )
-        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("remount {} nodev,nosuid: {e}", mp.display())))?;
+        mount(None::<&str>, &mp, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags, None::<&str>).map_err(
+            |e| io::Error::new(io::Error::from(e).kind(), format!("remount {} nodev,nosuid: {e}", mp.display())),
+        )?;
     }
     if allows_devices(top)? {
         return Err(io::Error::other(format!("{} still allows device nodes after remount", top.display())));
@@ -103,14 +98,9 @@ pub fn harden(top: &Path, readonly: bool) -> io::Result<()> {
 /// `src` itself. On failure nothing stays mounted.
 pub fn bind_hardened(src: &Path, target: &Path, readonly: bool) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
-    mount(
-        Some(src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("bind {} at {}: {e}", src.display(), target.display())))?;
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(|e| {
+        io::Error::new(io::Error::from(e).kind(), format!("bind {} at {}: {e}", src.display(), target.display()))
+    })?;
     // Our copy must not propagate back to the host's mount (or receive new
     // ones) while the guest holds it.
     let _ = mount(None::<&str>, target, None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>);
@@ -148,10 +138,7 @@ mod tests {
     #[test]
     fn mounts_below_are_outermost_first_and_bounded_by_components() {
         let got = parse_mounts_below(INFO, Path::new("/run/b/views"));
-        assert_eq!(
-            got,
-            vec![PathBuf::from("/run/b/views/0"), PathBuf::from("/run/b/views/0/sub dir")]
-        );
+        assert_eq!(got, vec![PathBuf::from("/run/b/views/0"), PathBuf::from("/run/b/views/0/sub dir")]);
         assert_eq!(parse_mounts_below(INFO, Path::new("/run/b/rootfs")), vec![PathBuf::from("/run/b/rootfs")]);
         assert!(parse_mounts_below(INFO, Path::new("/run/c")).is_empty());
     }
@@ -176,7 +163,13 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         mount(Some("tmpfs"), &src, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
         let node = src.join("null");
-        nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).unwrap();
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
         std::fs::write(src.join("file"), b"ok").unwrap();
         assert!(std::fs::File::open(&node).is_ok(), "the device opens on its own mount");
         bind_hardened(&src, &view, true).unwrap();

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Error, Result};
 use hyper::server::conn::http1;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
+use wasmtime::{Error, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
