@@ -122,6 +122,17 @@ pub struct GuestConfig {
     pub preopens: Vec<Preopen>,
     pub sockets: SocketScope,
     pub limits: Limits,
+    /// The private directories among the preopens, to be mounted as tmpfs
+    /// of the given size before the guest runs (by the shim; the engine
+    /// only creates the directories).
+    pub tmpfs: Vec<Tmpfs>,
+}
+
+/// A private directory of a guest and the size its tmpfs may reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tmpfs {
+    pub host: PathBuf,
+    pub size_bytes: u64,
 }
 
 impl GuestConfig {
@@ -136,6 +147,7 @@ impl GuestConfig {
     /// (e.g. `/etc/hosts`) cannot be preopened and is skipped with a warning.
     pub fn from_grants(grants: &Grants, private_root: &Path, sockets: SocketScope) -> Result<Self, EngineError> {
         let mut preopens = Vec::new();
+        let mut tmpfs = Vec::new();
         let root = grants.root.host().expect("root is a host directory");
         preopens.push(Preopen { host: root.to_path_buf(), guest: "/".into(), readonly: grants.root.readonly });
         for (i, d) in grants.dirs.iter().enumerate() {
@@ -155,12 +167,13 @@ impl GuestConfig {
                     }
                     h.clone()
                 }
-                DirSource::Private => {
+                DirSource::Private { size_bytes } => {
                     let p = private_root.join(format!("tmpfs-{i}"));
                     std::fs::create_dir_all(&p).map_err(|e| EngineError::Context {
                         what: format!("tmpfs at {}", d.guest),
                         reason: e.to_string(),
                     })?;
+                    tmpfs.push(Tmpfs { host: p.clone(), size_bytes: *size_bytes });
                     p
                 }
             };
@@ -173,6 +186,7 @@ impl GuestConfig {
             preopens,
             sockets,
             limits: grants.limits.clone(),
+            tmpfs,
         })
     }
 

@@ -25,7 +25,7 @@ use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Config, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope};
+pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope, Tmpfs};
 pub use error::EngineError;
 pub use fairshare::DEFAULT_SHARES;
 pub use limiter::GuestStats;

@@ -22,6 +22,7 @@ fn config(root: &Path, argv: &[&str]) -> GuestConfig {
         preopens: vec![Preopen { host: root.to_path_buf(), guest: "/".into(), readonly: false }],
         sockets: SocketScope::Denied,
         limits: Limits::default(),
+        tmpfs: Vec::new(),
     }
 }
 

@@ -28,6 +28,8 @@ pub enum GrantError {
     BindWithoutSource(String),
     #[error("bind mount source {path:?} (at {destination:?}) must be an absolute host path without '..'")]
     BindSource { path: String, destination: String },
+    #[error("tmpfs mount at {destination:?}: size={value:?} must be a byte count with an optional k, m or g suffix")]
+    TmpfsSize { destination: String, value: String },
     #[error("linux.resources.cpu: quota {quota} needs a period between 1000 and 1000000 microseconds, got {period}")]
     CpuPeriod { quota: i64, period: u64 },
 }

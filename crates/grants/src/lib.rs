@@ -40,7 +40,7 @@ use oci_spec::runtime::Spec;
 
 pub use error::GrantError;
 pub use limits::{CpuQuota, Limits};
-pub use mounts::{DirGrant, DirSource, HiddenMount};
+pub use mounts::{DirGrant, DirSource, HiddenMount, DEFAULT_TMPFS_BYTES};
 pub use network::Network;
 pub use process::Program;
 pub use role::{Role, CONTAINER_TYPE, SANDBOX_ID};

@@ -21,7 +21,7 @@ impl DirGrant {
     pub fn host(&self) -> Option<&Path> {
         match &self.source {
             DirSource::Host(p) => Some(p),
-            DirSource::Private => None,
+            DirSource::Private { .. } => None,
         }
     }
 }
@@ -31,9 +31,33 @@ impl DirGrant {
 pub enum DirSource {
     /// A host directory (the rootfs, or a bind mount's source).
     Host(PathBuf),
-    /// A fresh, empty directory private to this container, removed with it
-    /// (what a `tmpfs` mount is to a Linux container).
-    Private,
+    /// A fresh, empty tmpfs private to this container, removed with it (what
+    /// a `tmpfs` mount is to a Linux container), of at most `size_bytes`: the
+    /// kernel refuses writes past it (ENOSPC) and charges what is written to
+    /// the container's memory cgroup.
+    Private { size_bytes: u64 },
+}
+
+/// A tmpfs mount's size when its options name none: containerd's own
+/// default for `/run` (`size=65536k`).
+pub const DEFAULT_TMPFS_BYTES: u64 = 64 << 20;
+
+/// The `size=` of a tmpfs mount's options: bytes with an optional `k`, `m`
+/// or `g` suffix (as tmpfs(5) takes it). A size relative to the host's RAM
+/// (`%`) would let a spec take a share of the node: refused.
+fn tmpfs_size(options: &[String], destination: &str) -> Result<u64, GrantError> {
+    let Some(v) = options.iter().rev().find_map(|o| o.strip_prefix("size=")) else {
+        return Ok(DEFAULT_TMPFS_BYTES);
+    };
+    let bad = || GrantError::TmpfsSize { destination: destination.to_string(), value: v.to_string() };
+    let (num, mult) = match v.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&v[..i], 1 << 30),
+        _ => (v, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(mult).filter(|b| *b > 0).ok_or_else(bad)
 }
 
 /// A mount listed in the spec that the guest does not see.
@@ -108,7 +132,8 @@ pub(crate) fn mounts(spec: &Spec) -> Result<(Vec<DirGrant>, Vec<HiddenMount>), G
                 hidden.push(HiddenMount { destination, kind, why: "device tree; a Wasm guest has no devices" });
                 continue;
             }
-            dirs.push(DirGrant { guest: destination, source: DirSource::Private, readonly: has("ro") });
+            let size_bytes = tmpfs_size(&options, &destination)?;
+            dirs.push(DirGrant { guest: destination, source: DirSource::Private { size_bytes }, readonly: has("ro") });
         } else {
             hidden.push(HiddenMount {
                 destination,
@@ -147,6 +172,24 @@ mod tests {
     }
 
     #[test]
+    fn tmpfs_sizes_come_from_the_options() {
+        let size = |opts: serde_json::Value| {
+            run(json!([{"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": opts}]))
+                .map(|(d, _)| d[0].source.clone())
+        };
+        let private = |b: u64| Ok(DirSource::Private { size_bytes: b });
+        assert_eq!(size(json!(["nosuid", "size=65536k"])), private(64 << 20));
+        assert_eq!(size(json!(["size=1m"])), private(1 << 20));
+        assert_eq!(size(json!(["size=2G"])), private(2 << 30));
+        assert_eq!(size(json!(["size=4096"])), private(4096));
+        assert_eq!(size(json!(["mode=755"])), private(DEFAULT_TMPFS_BYTES));
+        for bad in ["size=50%", "size=", "size=0", "size=xm", "size=99999999999999999999g"] {
+            let value = bad.trim_start_matches("size=").to_string();
+            assert_eq!(size(json!([bad])), Err(GrantError::TmpfsSize { destination: "/run".into(), value }), "{bad}");
+        }
+    }
+
+    #[test]
     fn bind_and_tmpfs_are_granted() {
         let (dirs, _) = run(json!([
             {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
@@ -159,7 +202,11 @@ mod tests {
             vec![
                 DirGrant { guest: "/data".into(), source: DirSource::Host("/srv/data".into()), readonly: true },
                 DirGrant { guest: "/rw".into(), source: DirSource::Host("/srv/rw".into()), readonly: false },
-                DirGrant { guest: "/run".into(), source: DirSource::Private, readonly: false },
+                DirGrant {
+                    guest: "/run".into(),
+                    source: DirSource::Private { size_bytes: DEFAULT_TMPFS_BYTES },
+                    readonly: false
+                },
             ]
         );
     }

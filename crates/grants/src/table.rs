@@ -41,7 +41,9 @@ impl Grants {
         for d in &self.dirs {
             let (setting, value) = match &d.source {
                 DirSource::Host(h) => ("mounts (bind)", h.display().to_string()),
-                DirSource::Private => ("mounts (tmpfs)", "private directory".to_string()),
+                DirSource::Private { size_bytes } => {
+                    ("mounts (tmpfs)", format!("private tmpfs of {} KiB", size_bytes >> 10))
+                }
             };
             rows.push(row(
                 setting,

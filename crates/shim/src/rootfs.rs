@@ -47,14 +47,18 @@ pub(crate) fn views_dir(bundle: &Path) -> PathBuf {
 /// backed by a host directory, except the rootfs the shim mounted itself
 /// (`mounted_rootfs`, hardened by [`mount`]) and the container's private
 /// directories under `private`, is bound below [`views_dir`] and made
-/// `nodev`/`nosuid` (read-only as granted). Then every preopen is checked:
-/// one on a mount that allows device nodes refuses the container. Blocking.
+/// `nodev`/`nosuid` (read-only as granted); each private directory becomes a
+/// tmpfs of its granted size. Then every preopen is checked: one on a mount
+/// that allows device nodes refuses the container. Blocking.
 pub(crate) fn harden_preopens(
     config: &mut wasmcell_engine::GuestConfig,
     bundle: &Path,
     mounted_rootfs: Option<&Path>,
     private: &Path,
 ) -> Result<(), ShimError> {
+    for t in &config.tmpfs {
+        crate::sys::mount::mount_tmpfs(&t.host, t.size_bytes).map_err(|e| ShimError::Internal(e.to_string()))?;
+    }
     let views = views_dir(bundle);
     for (i, p) in config.preopens.iter_mut().enumerate() {
         if Some(p.host.as_path()) == mounted_rootfs || p.host.starts_with(private) {
@@ -66,9 +70,6 @@ pub(crate) fn harden_preopens(
         p.host = view;
     }
     for p in &config.preopens {
-        if p.host.starts_with(private) {
-            continue;
-        }
         match crate::sys::mount::allows_devices(&p.host) {
             Ok(false) => {}
             Ok(true) => {

@@ -215,3 +215,75 @@ fn absolute_symlink_entrypoint_resolves_inside_the_rootfs() {
     assert!(r.stderr.contains("not found in the container's rootfs"), "{r:?}");
     c.stop_and_check_clean();
 }
+
+/// A WASIp1 guest that finds the preopen named `/scratch`, and writes 4 MiB
+/// into `/scratch/fill` in 64 KiB writes. Exits 0 when all was written, with
+/// the WASI errno of the first failed write (51 is ENOSPC), 98 when the open
+/// fails, 99 when there is no `/scratch`.
+const FILL_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_prestat_dir_name" (func $name (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "fill")
+  (func (export "_start")
+    (local $fd i32) (local $dir i32) (local $i i32) (local $e i32)
+    (local.set $fd (i32.const 3))
+    (block $found
+      (loop $scan
+        (i64.store (i32.const 16) (i64.const 0))
+        (if (i32.eqz (call $name (local.get $fd) (i32.const 16) (i32.const 8)))
+          (then (if (i64.eq (i64.load (i32.const 16)) (i64.const 0x686374617263732f))
+            (then (local.set $dir (local.get $fd)) (br $found)))))
+        (local.set $fd (i32.add (local.get $fd) (i32.const 1)))
+        (br_if $scan (i32.lt_u (local.get $fd) (i32.const 16))))
+      (call $exit (i32.const 99)))
+    (local.set $e (call $open (local.get $dir) (i32.const 0) (i32.const 0) (i32.const 4)
+      (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 32)))
+    (if (local.get $e) (then (call $exit (i32.const 98))))
+    (i32.store (i32.const 40) (i32.const 65536))
+    (i32.store (i32.const 44) (i32.const 65536))
+    (loop $l
+      (local.set $e (call $write (i32.load (i32.const 32)) (i32.const 40) (i32.const 1) (i32.const 48)))
+      (if (local.get $e) (then (call $exit (local.get $e))))
+      (if (i32.ne (i32.load (i32.const 48)) (i32.const 65536)) (then (call $exit (i32.const 51))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 64))))
+    (call $exit (i32.const 0))))
+"#;
+
+/// Issue 20, item 6: a tmpfs mount is a real tmpfs of the spec's `size=`, so
+/// the kernel bounds it (ENOSPC to the guest) and nothing lands on the
+/// filesystem under the bundle; with room, the same writes succeed.
+#[test]
+fn tmpfs_mounts_are_bounded_by_their_size() {
+    let c = Containerd::start();
+    let fill = c.dir.path().join("fill.wasm");
+    std::fs::write(&fill, wat::parse_str(FILL_WAT).unwrap()).unwrap();
+    c.import_image("wasmcell.test/fill:latest", &[fill.display().to_string()], &[]);
+    let run = |id: &str, size: &str| {
+        let m = format!("type=tmpfs,src=tmpfs,dst=/scratch,options=size={size}");
+        c.ctr(&[
+            "run",
+            "--rm",
+            "--read-only",
+            "--platform",
+            "wasi/wasm",
+            "--runtime",
+            RUNTIME,
+            "--mount",
+            &m,
+            "wasmcell.test/fill:latest",
+            id,
+            "/fill.wasm",
+        ])
+    };
+    let small = run("fill-1m", "1m");
+    assert_eq!(small.code, Some(51), "4 MiB into a 1 MiB tmpfs must fail with ENOSPC (WASI errno 51): {small:?}");
+    let roomy = run("fill-8m", "8m");
+    assert_eq!(roomy.code, Some(0), "4 MiB fit in 8 MiB: {roomy:?}");
+    c.stop_and_check_clean();
+}

@@ -34,10 +34,10 @@ pub(crate) trait Kernel: Send + Sync + 'static {
     /// and `nosuid` (and read-only when `readonly`). Nothing stays mounted
     /// on failure.
     fn mount_rootfs(&self, mounts: &[Mount], target: &Path, readonly: bool) -> Result<(), ShimError>;
-    /// Replaces each host directory of `config`'s preopens (but the rootfs
-    /// the shim mounted, and the private directories under `private`) by a
-    /// hardened view below `bundle`, and checks that no preopen allows
-    /// device nodes.
+    /// Mounts each private directory of `config` as a tmpfs of its size,
+    /// replaces each host directory of its preopens (but the rootfs the shim
+    /// mounted, and the private directories under `private`) by a hardened
+    /// view below `bundle`, and checks that no preopen allows device nodes.
     fn grant_views(
         &self,
         config: &mut GuestConfig,
@@ -46,7 +46,8 @@ pub(crate) trait Kernel: Send + Sync + 'static {
         private: &Path,
     ) -> Result<(), ShimError>;
     /// Unmounts what the shim mounted for the container of `bundle`: the
-    /// rootfs at `rootfs` (when it mounted one) and the views.
+    /// rootfs at `rootfs` (when it mounted one), the views and the private
+    /// tmpfs mounts.
     fn unmount(&self, bundle: &Path, rootfs: Option<&Path>);
     /// Creates the cgroup at `linux.cgroupsPath` `path` with `limits` (plus
     /// the shim's headroom) and moves the shim process into it.
@@ -76,6 +77,7 @@ impl Kernel for Linux {
             crate::rootfs::unmount(r);
         }
         crate::rootfs::remove_views(bundle);
+        mount::unmount_all(&crate::container::private_dir(bundle));
     }
 
     fn join_cgroup(&self, path: &str, limits: &Limits) -> Result<Box<dyn Membership>, String> {

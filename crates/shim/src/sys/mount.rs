@@ -111,6 +111,23 @@ pub fn bind_hardened(src: &Path, target: &Path, readonly: bool) -> io::Result<()
     Ok(())
 }
 
+/// Mounts a fresh tmpfs of at most `size_bytes` on `target` (an existing
+/// directory): `nodev`, `nosuid`, `noexec`. The kernel refuses writes past
+/// the size (ENOSPC) and charges the pages to the writer's memory cgroup (the
+/// shim's, which is the container's), so a guest's private directory can
+/// neither fill the filesystem under the bundle nor exceed its memory bound.
+pub fn mount_tmpfs(target: &Path, size_bytes: u64) -> io::Result<()> {
+    let data = format!("size={size_bytes},mode=0755");
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("mount tmpfs at {}: {e}", target.display())))
+}
+
 /// Unmounts (lazily) every mount at or below `top`, innermost first.
 /// Errors are logged: this runs on cleanup paths that must go on.
 pub fn unmount_all(top: &Path) {
@@ -148,6 +165,21 @@ mod tests {
         assert_eq!(unescape("/a\\040b\\134c"), "/a b\\c");
         assert_eq!(unescape("/plain\\"), "/plain\\");
         assert_eq!(unescape("/x\\09"), "/x\\09");
+    }
+
+    /// A private tmpfs is bounded by the kernel: a write past its size fails
+    /// with ENOSPC, and it allows no device nodes.
+    #[test]
+    fn private_tmpfs_is_bounded() {
+        assert!(nix::unistd::Uid::effective().is_root(), "this test needs root (mount): run the suite as root");
+        let dir = tempfile::tempdir().unwrap();
+        mount_tmpfs(dir.path(), 1 << 20).unwrap();
+        let big = vec![7u8; 2 << 20];
+        let err = std::fs::write(dir.path().join("fill"), &big).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        assert!(!allows_devices(dir.path()).unwrap());
+        unmount_all(dir.path());
+        assert!(mounts_below(dir.path()).unwrap().is_empty());
     }
 
     /// A real tmpfs with a device node in it: opening it works before
