@@ -26,6 +26,11 @@ pub enum EngineError {
     /// afresh.
     #[error("{0} changed while it was being read; try again")]
     Changed(String),
+    /// Compiling the Wasm cost more than this node allows one compile (time,
+    /// or the memory of the container's limit): a compile bomb, or a guest
+    /// too large for its limits.
+    #[error("the guest is too costly to compile: {0}")]
+    TooCostly(String),
     /// The compiler process failed for a reason other than the Wasm (it
     /// could not start, crashed, was killed).
     #[error("compiler process: {0}")]

@@ -11,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use wasmcell_engine::{Engine, EngineError};
 use wasmcell_oci::WasmKind;
@@ -26,38 +27,78 @@ fn kind_name(kind: WasmKind) -> &'static str {
     }
 }
 
-/// The compiler the shim's engine uses: this binary, as a child.
-pub fn out_of_process(bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
+/// The compiler the shim's engine uses: this binary, as a child, which dies
+/// with the shim, and is killed when it takes longer than `limit` (a compile
+/// bomb: compile time grows faster than linearly with a function's locals).
+/// It runs in the shim's cgroup, the container's (a pod's), under its CPU
+/// and memory bounds.
+pub fn out_of_process(bytes: &[u8], kind: WasmKind, limit: Duration) -> Result<Vec<u8>, EngineError> {
     let failed = EngineError::Compiler;
-    let mut child = Command::new("/proc/self/exe")
-        .arg(ACTION)
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(ACTION)
         .arg(kind_name(kind))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(format!("cannot start: {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    // Fed from another thread while this one drains stdout and stderr: a
-    // child blocked on a full pipe would otherwise never finish reading.
-    let out = std::thread::scope(|s| {
+        .stderr(Stdio::piped());
+    crate::sys::process::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| failed(format!("cannot start: {e}")))?;
+    let (mut stdin, mut stdout, stderr) =
+        (child.stdin.take().expect("piped"), child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let started = Instant::now();
+    // Fed and drained from other threads (a child blocked on a full pipe
+    // would never finish); this one waits for the artifact until the limit.
+    let (out, timed_out, err) = std::thread::scope(|s| {
         s.spawn(move || {
             // A child that dies early closes its end: the error is its exit.
             let _ = stdin.write_all(bytes);
         });
-        child.wait_with_output()
-    })
-    .map_err(|e| failed(format!("{e}")))?;
-    if out.status.success() {
-        return Ok(out.stdout);
+        let err = s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = stderr.take(64 << 10).read_to_end(&mut v);
+            v
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = tx.send(stdout.read_to_end(&mut v).map(|_| v));
+        });
+        let out = rx.recv_timeout(limit);
+        let timed_out = out.is_err();
+        if timed_out {
+            // Its pipes close with it, which ends the reader threads.
+            let _ = child.kill();
+        }
+        let out = match out {
+            Ok(r) => r.map_err(|e| failed(e.to_string())),
+            Err(_) => Err(failed("timed out".into())),
+        };
+        (out, timed_out, err.join().unwrap_or_default())
+    });
+    let status = child.wait().map_err(|e| failed(e.to_string()))?;
+    let msg = String::from_utf8_lossy(&err).trim().to_string();
+    if timed_out {
+        return Err(EngineError::TooCostly(format!(
+            "compiling took longer than {} s (WASMCELL_COMPILE_TIMEOUT_SECS); stopped after {:.1} s",
+            limit.as_secs(),
+            started.elapsed().as_secs_f64()
+        )));
     }
-    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if out.status.code() == Some(1) && !msg.is_empty() {
+    let out = out?;
+    if status.success() {
+        return Ok(out);
+    }
+    if status.code() == Some(1) && !msg.is_empty() {
         // The compiler's own refusal of the Wasm.
         return Err(EngineError::compile_message(msg));
     }
-    Err(failed(format!("{} {msg}", out.status).trim_end().to_string()))
+    if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL) {
+        return Err(EngineError::TooCostly(format!(
+            "the compiler was killed after {:.1} s (SIGKILL): most likely it ran out of the memory the container's limit leaves it",
+            started.elapsed().as_secs_f64()
+        )));
+    }
+    Err(failed(format!("{status} {msg}").trim_end().to_string()))
 }
 
 /// The child's side: compiles stdin to stdout. Exit 0, or 1 with Wasmtime's

@@ -37,6 +37,30 @@ pub(crate) fn http_addr(grants: &Grants) -> String {
         .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string())
 }
 
+/// How long compiling one guest may take before it is stopped and its
+/// Create refused: `WASMCELL_COMPILE_TIMEOUT_SECS` in the shim's environment
+/// (containerd's), 120 s by default. A 20 MB component compiles in about
+/// 10 s on a 2-core node; a compile bomb would take minutes.
+pub(crate) fn compile_timeout() -> std::time::Duration {
+    parse_compile_timeout(std::env::var("WASMCELL_COMPILE_TIMEOUT_SECS").ok().as_deref())
+}
+
+pub(crate) const DEFAULT_COMPILE_TIMEOUT_SECS: u64 = 120;
+
+fn parse_compile_timeout(v: Option<&str>) -> std::time::Duration {
+    let secs = match v.map(str::trim) {
+        None | Some("") => DEFAULT_COMPILE_TIMEOUT_SECS,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                log::warn!("WASMCELL_COMPILE_TIMEOUT_SECS={s:?} is not a positive number of seconds; using {DEFAULT_COMPILE_TIMEOUT_SECS}");
+                DEFAULT_COMPILE_TIMEOUT_SECS
+            }
+        },
+    };
+    std::time::Duration::from_secs(secs)
+}
+
 /// Worker threads of the runtime guests run on: the cores, at most 4.
 pub(crate) fn guest_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).min(4)
@@ -45,6 +69,16 @@ pub(crate) fn guest_workers() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compile_timeout_knob() {
+        use std::time::Duration;
+        assert_eq!(parse_compile_timeout(None), Duration::from_secs(DEFAULT_COMPILE_TIMEOUT_SECS));
+        assert_eq!(parse_compile_timeout(Some("5")), Duration::from_secs(5));
+        for bad in ["0", "-1", "soon", ""] {
+            assert_eq!(parse_compile_timeout(Some(bad)), Duration::from_secs(DEFAULT_COMPILE_TIMEOUT_SECS), "{bad}");
+        }
+    }
 
     #[test]
     fn root_option_places_the_cache() {

@@ -67,8 +67,8 @@ impl From<wasmcell_engine::EngineError> for ShimError {
         match &e {
             // What the image's Wasm is or needs: the request's fault.
             E::Compile(_) | E::Link(_) | E::NoEntry { .. } => ShimError::InvalidArgument(e.to_string()),
-            // Valid, but beyond what this node gives one instance.
-            E::TooBig(_) => ShimError::FailedPrecondition(e.to_string()),
+            // Valid, but beyond what this node gives one instance or compile.
+            E::TooBig(_) | E::TooCostly(_) => ShimError::FailedPrecondition(e.to_string()),
             // Changed under us: retrying may succeed.
             E::Changed(_) => ShimError::Unavailable(e.to_string()),
             // The node's failures, never the image's.
@@ -97,6 +97,7 @@ mod tests {
             (E::Link(s()), ttrpc::Code::INVALID_ARGUMENT),
             (E::NoEntry { what: s() }, ttrpc::Code::INVALID_ARGUMENT),
             (E::TooBig(s()), ttrpc::Code::FAILED_PRECONDITION),
+            (E::TooCostly(s()), ttrpc::Code::FAILED_PRECONDITION),
             (E::Changed(s()), ttrpc::Code::UNAVAILABLE),
             (E::Setup(s()), ttrpc::Code::INTERNAL),
             (E::Context { what: s(), reason: s() }, ttrpc::Code::INTERNAL),

@@ -87,7 +87,8 @@ impl TaskService {
         }
         let cache = config::cache(options);
         log::info!("compile cache: {}", cache.as_ref().map_or("off".to_string(), |c| c.dir.display().to_string()));
-        let compiler: wasmcell_engine::Compiler = Arc::new(crate::compiler::out_of_process);
+        let limit = config::compile_timeout();
+        let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k| crate::compiler::out_of_process(b, k, limit));
         let e = Engine::with_options(cache, Some(compiler)).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.inner.engine.get_or_init(|| e).clone())
     }

@@ -335,7 +335,20 @@ impl Containerd {
 
     /// Starts `release` as [`Containerd::start_bare`] does, with `cri` (the
     /// CRI plugin tables, in the given schema) instead of CRI disabled.
+    /// [`Containerd::start`] with extra variables in containerd's
+    /// environment, which every shim it starts inherits (the shim's knobs,
+    /// as an operator sets them on the containerd service).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let c = Self::launch_env(&Release::default_release(), None, env);
+        c.import_fixtures();
+        c
+    }
+
     pub(crate) fn launch(release: &Release, cri: Option<&CriTables>) -> Self {
+        Self::launch_env(release, cri, &[])
+    }
+
+    fn launch_env(release: &Release, cri: Option<&CriTables>, env: &[(&str, &str)]) -> Self {
         require_root();
         let schema = release.schema();
         let shim = target_dir().join("containerd-shim-wasmtime-v1");
@@ -397,6 +410,7 @@ state = "{d}/state"
             // The shim inherits containerd's environment: keep its compile
             // cache inside this test's directory.
             .env("WASMCELL_CACHE_DIR", d.join("cache"))
+            .envs(env.iter().copied())
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

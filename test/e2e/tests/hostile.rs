@@ -287,3 +287,117 @@ fn tmpfs_mounts_are_bounded_by_their_size() {
     assert_eq!(roomy.code, Some(0), "4 MiB fit in 8 MiB: {roomy:?}");
     c.stop_and_check_clean();
 }
+
+/// A compile bomb: one function of `n` i64 locals and `n` blocks that each
+/// update a local, all live to the end. Cranelift's time and memory grow
+/// faster than linearly in `n` (here: 2,000 -> 0.5 s; 5,000 -> 3 s, 750 MB).
+fn compile_bomb(n: usize) -> Vec<u8> {
+    let mut w = String::from("(module (func (export \"_start\") (local");
+    w.push_str(&" i64".repeat(n));
+    w.push(')');
+    for i in 0..n {
+        w.push_str(&format!(
+            " block local.get {i} i64.const {i} i64.add local.set {} local.get 0 i64.eqz br_if 0 end",
+            (i * 7919) % n
+        ));
+    }
+    w.push_str(" local.get 0");
+    for i in 1..n {
+        w.push_str(&format!(" local.get {i} i64.add"));
+    }
+    w.push_str(" drop))");
+    wat::parse_str(&w).unwrap()
+}
+
+/// Live compile children of this test's containers (they run in the
+/// container's cgroup, which names the test's namespace).
+fn compilers_of(c: &Containerd) -> Vec<i32> {
+    wasmcell_e2e::pids_mentioning("compile-wasm")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+                .is_ok_and(|cg| cg.contains(&format!("/{}/", c.namespace)))
+        })
+        .collect()
+}
+
+/// Issue 20, item 5: compiling is bounded. With the deadline at 1 s
+/// (`WASMCELL_COMPILE_TIMEOUT_SECS`), Create is refused with a message that
+/// says why, soon, and nothing is left: no compiler, cgroup or mount. The
+/// shim keeps serving: a good container runs after it.
+#[test]
+fn compile_bomb_is_stopped_at_the_deadline() {
+    let c = Containerd::start_with_env(&[("WASMCELL_COMPILE_TIMEOUT_SECS", "1")]);
+    let bomb = c.dir.path().join("bomb.wasm");
+    std::fs::write(&bomb, compile_bomb(6000)).unwrap();
+    c.import_image("wasmcell.test/bomb:latest", &[bomb.display().to_string()], &[]);
+    let started = std::time::Instant::now();
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--platform",
+        "wasi/wasm",
+        "--runtime",
+        RUNTIME,
+        "wasmcell.test/bomb:latest",
+        "bomb",
+        "/bomb.wasm",
+    ]);
+    let took = started.elapsed();
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("too costly to compile") && r.stderr.contains("longer than 1 s"), "{r:?}");
+    assert!(took < std::time::Duration::from_secs(20), "refused after {took:?}");
+    assert!(compilers_of(&c).is_empty(), "compile child left running: {:?}", compilers_of(&c));
+    c.ctr(&["containers", "rm", "bomb"]);
+    let ok = c.run("after-bomb", &[], &["/hello.wasm"]);
+    assert_eq!(ok.code, Some(0), "{ok:?}");
+    c.stop_and_check_clean();
+}
+
+/// Issue 20, item 5: a client that gives up on a slow Create (`timeout`
+/// around `ctr run`) has containerd tear the shim down; its compile child
+/// dies with it instead of compiling on as an orphan in the container's
+/// cgroup, and the cgroup goes.
+#[test]
+fn compile_child_dies_with_its_shim() {
+    let c = Containerd::start();
+    let bomb = c.dir.path().join("bomb.wasm");
+    std::fs::write(&bomb, compile_bomb(7000)).unwrap();
+    c.import_image("wasmcell.test/bomb:latest", &[bomb.display().to_string()], &[]);
+    let mut ctr = std::process::Command::new(&c.release.ctr)
+        .args(["-a", c.socket.to_str().unwrap(), "-n", &c.namespace])
+        .args([
+            "run",
+            "--rm",
+            "--platform",
+            "wasi/wasm",
+            "--runtime",
+            RUNTIME,
+            "wasmcell.test/bomb:latest",
+            "gives-up",
+            "/bomb.wasm",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let compiling = wasmcell_e2e::wait::poll(200, || Some(compilers_of(&c)).filter(|p| !p.is_empty()));
+    assert!(compiling.is_some(), "the bomb never started compiling");
+    // The client gives up; containerd tears the task's shim down.
+    let _ = ctr.kill();
+    let _ = ctr.wait();
+    c.ctr(&["task", "kill", "-s", "SIGKILL", "gives-up"]);
+    c.ctr(&["task", "delete", "-f", "gives-up"]);
+    c.ctr(&["containers", "rm", "gives-up"]);
+    for pid in c.shim_pids() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let left = wasmcell_e2e::wait::settle(100, || compilers_of(&c));
+    assert!(left.is_empty(), "compile children outlived their shim: {left:?}");
+    // containerd cleans up after the dead shim (`shim delete`) in the
+    // background: the cgroup goes once the compiler is gone too.
+    let cgroups = wasmcell_e2e::wait::settle(100, || c.cgroups());
+    assert!(cgroups.is_empty(), "cgroups left after the shim and its compiler died: {cgroups:?}");
+    c.stop_and_check_clean();
+}

@@ -179,12 +179,19 @@ impl Owner {
 }
 
 /// Removes a container's cgroup after its shim died (`shim delete`).
+/// The dead shim's compile child (killed with it) may still be exiting:
+/// a busy cgroup is tried again, for up to a second.
 pub fn remove(cgroups_path: &str) {
     let Some(path) = resolve_path(cgroups_path) else { return };
     let cg = Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'));
-    if cg.exists() {
-        if let Err(e) = cg.delete() {
-            log::warn!("remove cgroup {path}: {e}");
+    for attempt in 0..20 {
+        if !cg.exists() {
+            return;
+        }
+        match cg.delete() {
+            Ok(()) => return,
+            Err(e) if attempt == 19 => log::warn!("remove cgroup {path}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
 }

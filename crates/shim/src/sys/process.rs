@@ -12,6 +12,30 @@ pub fn detach_stdout() {
     }
 }
 
+/// Makes the child that `cmd` spawns die (SIGKILL) with the thread that
+/// spawns it, and so with this process: a compile child must never outlive
+/// the shim that waits for it (an orphan would burn CPU in the container's
+/// cgroup and keep that cgroup from being removed).
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: prctl and getppid are, and it
+    // allocates nothing and touches no lock or memory of the parent's.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody will ever read us.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Gives freed heap pages back to the kernel. Compiling or reading a guest
 /// frees much more than a running guest keeps (the Wasm file is read whole,
 /// compiling allocates freely); glibc would otherwise keep those pages in its
