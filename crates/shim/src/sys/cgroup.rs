@@ -179,18 +179,27 @@ impl Owner {
 }
 
 /// Removes a container's cgroup after its shim died (`shim delete`).
-/// The dead shim's compile child (killed with it) may still be exiting:
-/// a busy cgroup is tried again, for up to a second.
+/// What runs in the cgroup of a dead shim is the shim's own leftovers (its
+/// compile child, killed with it but perhaps still exiting): as runc does on
+/// delete, whatever is still there is killed, then the cgroup is removed,
+/// tried again for up to 5 s while it is busy.
 pub fn remove(cgroups_path: &str) {
     let Some(path) = resolve_path(cgroups_path) else { return };
     let cg = Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'));
-    for attempt in 0..20 {
+    let me = std::process::id() as u64;
+    for attempt in 0..100 {
         if !cg.exists() {
             return;
         }
+        for p in cg.procs() {
+            if p.pid != me {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         match cg.delete() {
             Ok(()) => return,
-            Err(e) if attempt == 19 => log::warn!("remove cgroup {path}: {e}"),
+            Err(e) if attempt == 99 => log::warn!("remove cgroup {path}: {e}"),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
