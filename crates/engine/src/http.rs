@@ -36,6 +36,13 @@ pub const DEFAULT_CONCURRENCY: usize = 128;
 const MAX_CONNECTIONS: usize = 4096;
 /// In-flight requests get this long after a stop before they are cut off.
 pub const GRACE: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, counted from the
+/// moment the connection is ready for a request: a new connection, or one
+/// kept alive after a response. Past it the connection is closed, so
+/// connections that send nothing, half a header, or idle after keep-alive
+/// give their permit back (Go's `ReadHeaderTimeout` is commonly 10 s; nginx's
+/// `client_header_timeout` 60 s).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One output stream shared by every request's instance (the container has
 /// one stdout and one stderr, whatever the number of instances).
@@ -213,7 +220,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 impl Engine {
     /// Serves `pre` on `listener` until `stop` turns true; then stops
     /// accepting, lets in-flight requests finish (up to [`GRACE`]) and
-    /// returns `Exit::Code(0)`. Dropping the future stops at once.
+    /// returns `Exit::Code(0)`. Dropping the future stops at once. A
+    /// connection that takes longer than `header_timeout` to send a
+    /// request's headers (see [`DEFAULT_HEADER_TIMEOUT`]) is closed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve(
         &self,
         pre: &ProxyPre<P2State>,
@@ -222,6 +232,7 @@ impl Engine {
         stats: Arc<GuestStats>,
         listener: std::net::TcpListener,
         mut stop: watch::Receiver<bool>,
+        header_timeout: Duration,
     ) -> Result<Exit, EngineError> {
         // The live limits are `stats`' (see `Engine::run`).
         let ctx_err = |e: std::io::Error| EngineError::Context { what: "listener".into(), reason: e.to_string() };
@@ -269,7 +280,11 @@ impl Engine {
             tasks.spawn(async move {
                 let _permit = permit;
                 let svc = hyper::service::service_fn(move |req| server.clone().handle(req));
-                let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(conn), svc);
+                let conn = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(conn), svc);
                 let mut conn: Pin<Box<_>> = Box::pin(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}

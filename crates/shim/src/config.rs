@@ -48,13 +48,28 @@ pub(crate) fn compile_timeout() -> std::time::Duration {
 pub(crate) const DEFAULT_COMPILE_TIMEOUT_SECS: u64 = 120;
 
 fn parse_compile_timeout(v: Option<&str>) -> std::time::Duration {
+    parse_secs("WASMCELL_COMPILE_TIMEOUT_SECS", v, DEFAULT_COMPILE_TIMEOUT_SECS)
+}
+
+/// How long an HTTP client may take to send a request's headers (idle
+/// keep-alive time included): `WASMCELL_HTTP_HEADER_TIMEOUT_SECS`, 10 s by
+/// default (see `wasmcell_engine::http::DEFAULT_HEADER_TIMEOUT`).
+pub(crate) fn http_header_timeout() -> std::time::Duration {
+    let default = wasmcell_engine::http::DEFAULT_HEADER_TIMEOUT.as_secs();
+    let v = std::env::var("WASMCELL_HTTP_HEADER_TIMEOUT_SECS").ok();
+    parse_secs("WASMCELL_HTTP_HEADER_TIMEOUT_SECS", v.as_deref(), default)
+}
+
+/// A positive number of seconds from knob `name`, or `default` (a bad value
+/// is logged).
+fn parse_secs(name: &str, v: Option<&str>, default: u64) -> std::time::Duration {
     let secs = match v.map(str::trim) {
-        None | Some("") => DEFAULT_COMPILE_TIMEOUT_SECS,
+        None | Some("") => default,
         Some(s) => match s.parse::<u64>() {
             Ok(n) if n > 0 => n,
             _ => {
-                log::warn!("WASMCELL_COMPILE_TIMEOUT_SECS={s:?} is not a positive number of seconds; using {DEFAULT_COMPILE_TIMEOUT_SECS}");
-                DEFAULT_COMPILE_TIMEOUT_SECS
+                log::warn!("{name}={s:?} is not a positive number of seconds; using {default}");
+                default
             }
         },
     };

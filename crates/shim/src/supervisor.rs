@@ -68,6 +68,7 @@ impl TaskService {
         let c = self.get(&req.id)?;
         let engine = self.engine()?;
         let mut kill_rx = c.life.begin_start(&c.id)?;
+        let header_timeout = config::http_header_timeout();
         let io = c.guest_io.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
         let listener = c.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.inner.events.start(&c.id, self.inner.pid);
@@ -84,7 +85,7 @@ impl TaskService {
                 let run = async {
                     match (&c.workload, listener) {
                         (Workload::Wasm { program: Program::Http(pre), config }, Some(l)) => {
-                            engine.serve(pre, config, io, stats, l, stop_rx).await
+                            engine.serve(pre, config, io, stats, l, stop_rx, header_timeout).await
                         }
                         (Workload::Wasm { program, config }, _) => engine.run(program, config, io, stats).await,
                         // A sandbox runs until a signal ends it.
