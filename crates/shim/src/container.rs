@@ -48,12 +48,18 @@ pub(crate) struct Container {
     /// An HTTP component's listening socket, bound at Create (in the
     /// container's network) and served from Start.
     pub(crate) listener: Mutex<Option<std::net::TcpListener>>,
+    /// Exec processes, by exec id, until each is deleted.
+    pub(crate) execs: Mutex<std::collections::HashMap<String, Arc<crate::exec::Exec>>>,
 }
 
 impl Container {
     /// Releases everything the container holds on the host: stdio, the
     /// rootfs mount and views, private directories.
     pub(crate) async fn release(&self, kernel: Arc<dyn Kernel>) {
+        let execs: Vec<_> = self.execs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, e)| e).collect();
+        for e in execs {
+            e.release().await;
+        }
         drop(self.guest_io.lock().unwrap_or_else(|p| p.into_inner()).take());
         self.stdin_copy.close();
         self.io.shutdown().await;

@@ -183,6 +183,7 @@ impl TaskService {
             stats: Arc::new(GuestStats::for_limits(&grants.limits)),
             life: Lifecycle::new(),
             listener: Mutex::new(listener),
+            execs: Mutex::default(),
         })
     }
 

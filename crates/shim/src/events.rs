@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -167,6 +169,30 @@ impl Events {
             ..Default::default()
         };
         self.send(TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+    }
+
+    /// The exit of exec process `exec_id` of container `container_id`.
+    pub(crate) fn exec_exit(&self, container_id: &str, exec_id: &str, pid: u32, status: u32, at: Timestamp) {
+        let ev = TaskExit {
+            container_id: container_id.into(),
+            id: exec_id.into(),
+            pid,
+            exit_status: status,
+            exited_at: Some(at).into(),
+            ..Default::default()
+        };
+        self.send(TASK_EXIT_EVENT_TOPIC, Box::new(ev))
+    }
+
+    pub(crate) fn exec_added(&self, container_id: &str, exec_id: &str) {
+        let ev = TaskExecAdded { container_id: container_id.into(), exec_id: exec_id.into(), ..Default::default() };
+        self.send(TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev))
+    }
+
+    pub(crate) fn exec_started(&self, container_id: &str, exec_id: &str, pid: u32) {
+        let ev =
+            TaskExecStarted { container_id: container_id.into(), exec_id: exec_id.into(), pid, ..Default::default() };
+        self.send(TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev))
     }
 
     pub(crate) fn oom(&self, id: &str) {

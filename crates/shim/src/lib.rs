@@ -18,6 +18,7 @@ mod content;
 mod create;
 mod error;
 mod events;
+mod exec;
 mod lifecycle;
 mod logging;
 mod metrics;

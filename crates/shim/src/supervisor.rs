@@ -17,7 +17,7 @@ use crate::{config, stdio, ShimError};
 
 /// Guests run on a runtime of their own, so a guest that computes for its
 /// whole epoch slice never delays a task RPC.
-fn guest_runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn guest_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -45,14 +45,14 @@ pub(crate) fn stop_signal(sig: u32) -> bool {
 
 /// What a signal does to a guest, by workload.
 #[derive(Debug, PartialEq, Eq)]
-enum OnSignal {
+pub(crate) enum OnSignal {
     /// Stop accepting, finish in-flight requests, exit 0.
     Drain,
     /// End now with this status.
     End(u32),
 }
 
-fn on_signal(sig: u32, server: bool, pause: bool) -> OnSignal {
+pub(crate) fn on_signal(sig: u32, server: bool, pause: bool) -> OnSignal {
     let graceful = sig as i32 == libc::SIGTERM || sig as i32 == libc::SIGINT;
     match () {
         _ if graceful && server => OnSignal::Drain,
@@ -64,8 +64,10 @@ fn on_signal(sig: u32, server: bool, pause: bool) -> OnSignal {
 
 impl TaskService {
     pub(crate) async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse, ShimError> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(c, &req.exec_id).await;
+        }
         let engine = self.engine()?;
         let mut kill_rx = c.life.begin_start(&c.id)?;
         let header_timeout = config::http_header_timeout();
@@ -126,6 +128,8 @@ impl TaskService {
                 }
             }
             svc.exited(&c, status, oom);
+            // Execs end with their container.
+            svc.kill_execs(&c);
             svc.leave_cgroup_early(&c.id).await;
         });
         c.life.started();

@@ -103,18 +103,24 @@ impl TaskService {
             .ok_or_else(|| ShimError::NotFound(id.to_string()))
     }
 
-    pub(crate) fn no_exec(exec_id: &str) -> Result<(), ShimError> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(ShimError::NotFound(format!("exec {exec_id} (Wasm containers have no exec processes)")))
-        }
-    }
-
     pub(crate) async fn do_kill(&self, req: api::KillRequest) -> Result<(), ShimError> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
         let sig = req.signal;
+        if !req.exec_id.is_empty() {
+            let e = self.get_exec(&c, &req.exec_id)?;
+            if sig == 0 || stop_signal(sig) {
+                return match e.life.state() {
+                    State::Stopped { .. } => Err(ShimError::NotFound(format!("{}: process already finished", e.id))),
+                    _ if sig == 0 => Ok(()),
+                    _ => Err(ShimError::Unimplemented(format!("signal {sig} would stop the process"))),
+                };
+            }
+            let (events, pid) = (&self.inner.events, self.inner.pid);
+            e.life.kill(&e.id, sig, ignored_signal(sig), now(), |status, at| {
+                events.exec_exit(&c.id, &e.id, pid, status, at.clone())
+            })?;
+            return Ok(());
+        }
         if sig == 0 {
             return match c.life.state() {
                 State::Stopped { .. } => Err(ShimError::NotFound(format!("{}: process already finished", c.id))),
@@ -132,13 +138,16 @@ impl TaskService {
             .kill(&c.id, sig, ignored_signal(sig), now(), |status, at| events.exit(&c.id, pid, status, at.clone()))?;
         if let Killed::StoppedUnstarted(status) = killed {
             log::info!("exit id={} status={status} (killed before start)", c.id);
+            self.kill_execs(&c);
         }
         Ok(())
     }
 
     pub(crate) async fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse, ShimError> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.delete_exec(&c, &req.exec_id).await;
+        }
         let (status, at) = c.life.begin_delete(&c.id, now())?;
         c.release(self.inner.kernel.clone()).await;
         self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
@@ -154,26 +163,38 @@ impl TaskService {
     }
 
     pub(crate) async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse, ShimError> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        let (status, at) = c.life.wait().await;
+        let (status, at) = if req.exec_id.is_empty() {
+            c.life.wait().await
+        } else {
+            self.get_exec(&c, &req.exec_id)?.life.wait().await
+        };
         Ok(api::WaitResponse { exit_status: status, exited_at: Some(at).into(), ..Default::default() })
     }
 
     pub(crate) fn do_state(&self, req: api::StateRequest) -> Result<api::StateResponse, ShimError> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
+        let exec = if req.exec_id.is_empty() { None } else { Some(self.get_exec(&c, &req.exec_id)?) };
+        let (stdin, stdout, stderr) = match &exec {
+            Some(e) => (e.stdin.clone(), e.stdout.clone(), e.stderr.clone()),
+            None => (c.stdin.clone(), c.stdout.clone(), c.stderr.clone()),
+        };
         let mut resp = api::StateResponse {
-            id: c.id.clone(),
+            id: exec.as_ref().map_or(c.id.clone(), |e| e.id.clone()),
             bundle: c.bundle.display().to_string(),
             pid: self.inner.pid,
-            stdin: c.stdin.clone(),
-            stdout: c.stdout.clone(),
-            stderr: c.stderr.clone(),
+            stdin,
+            stdout,
+            stderr,
             terminal: false,
+            exec_id: req.exec_id.clone(),
             ..Default::default()
         };
-        match c.life.state() {
+        let state = match &exec {
+            Some(e) => e.life.state(),
+            None => c.life.state(),
+        };
+        match state {
             // Start has not returned yet: not running from the client's view.
             State::Created | State::Starting => resp.status = Status::CREATED.into(),
             State::Running => resp.status = Status::RUNNING.into(),
@@ -255,6 +276,17 @@ impl Task for TaskService {
         if c.life.state() == State::Running {
             resp.processes.push(api::ProcessInfo { pid: self.inner.pid, ..Default::default() });
         }
+        // Execs run in the same process: listed with the shim's pid each.
+        let execs = c
+            .execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.life.state() == State::Running)
+            .count();
+        for _ in 0..execs {
+            resp.processes.push(api::ProcessInfo { pid: self.inner.pid, ..Default::default() });
+        }
         Ok(resp)
     }
 
@@ -284,9 +316,12 @@ impl Task for TaskService {
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         log::info!("close_io id={} stdin={}", req.id, req.stdin);
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        c.stdin_copy.close();
+        if req.exec_id.is_empty() {
+            c.stdin_copy.close();
+        } else {
+            self.get_exec(&c, &req.exec_id)?.stdin_copy.close();
+        }
         Ok(api::Empty::new())
     }
 
@@ -322,8 +357,10 @@ impl Task for TaskService {
         unimplemented("checkpoint")
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        unimplemented("exec")
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        log::info!("exec id={} exec_id={}", req.id, req.exec_id);
+        self.do_exec(req).await?;
+        Ok(api::Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
@@ -336,6 +373,7 @@ impl Task for TaskService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec;
     use crate::sys::Membership;
     use std::path::Path;
     use wasmcell_engine::GuestConfig;
@@ -518,5 +556,55 @@ mod tests {
             assert!(svc.get("bad").is_err());
         });
         assert_eq!(k.calls(), vec!["join /test/bad", "unmount bad false", "leave /test/bad"]);
+    }
+
+    fn exec_req(id: &str, exec_id: &str, args: &[&str], terminal: bool) -> api::ExecProcessRequest {
+        let spec = serde_json::json!({"args": args, "cwd": "/", "user": {"uid": 0, "gid": 0}, "terminal": terminal});
+        api::ExecProcessRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            terminal,
+            spec: Some(Any { value: serde_json::to_vec(&spec).unwrap(), ..Default::default() }).into(),
+            ..Default::default()
+        }
+    }
+
+    /// Exec through the service: a Wasm program of the rootfs runs and its
+    /// code reaches Wait; a non-Wasm command exits 126; a tty is refused; a
+    /// running exec ends when its container is killed.
+    #[test]
+    fn exec_runs_beside_the_container() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Arc::new(FakeKernel::default());
+        let b = bundle(d.path(), "c", "spin.wasm");
+        std::fs::copy(fixture("exit-code-p1.wasm"), Path::new(&b).join("rootfs/exit.wasm")).unwrap();
+        rt().block_on(async {
+            let svc = service(&k);
+            create(&svc, "c", b).await.unwrap();
+            svc.do_start(api::StartRequest { id: "c".into(), ..Default::default() }).await.unwrap();
+            let tty = svc.do_exec(exec_req("c", "t", &["/exit.wasm"], true)).await;
+            assert!(matches!(tty, Err(ShimError::InvalidArgument(ref m)) if m.contains("tty")), "{tty:?}");
+            let wait =
+                |e: &str| svc.do_wait(api::WaitRequest { id: "c".into(), exec_id: e.into(), ..Default::default() });
+            for (eid, args, want) in
+                [("ok", vec!["/exit.wasm", "5"], 5), ("sh", vec!["/bin/sh", "-c", "true"], exec::CANNOT_EXECUTE)]
+            {
+                svc.do_exec(exec_req("c", eid, &args, false)).await.unwrap();
+                svc.do_start(api::StartRequest { id: "c".into(), exec_id: eid.into(), ..Default::default() })
+                    .await
+                    .unwrap();
+                assert_eq!(wait(eid).await.unwrap().exit_status, want, "{eid}");
+                let del = api::DeleteRequest { id: "c".into(), exec_id: eid.into(), ..Default::default() };
+                assert_eq!(svc.do_delete(del).await.unwrap().exit_status, want);
+            }
+            // A running exec ends with its container.
+            svc.do_exec(exec_req("c", "long", &["/spin.wasm"], false)).await.unwrap();
+            svc.do_start(api::StartRequest { id: "c".into(), exec_id: "long".into(), ..Default::default() })
+                .await
+                .unwrap();
+            svc.do_kill(kill("c", libc::SIGKILL)).await.unwrap();
+            assert_eq!(wait("long").await.unwrap().exit_status, 137);
+            svc.do_delete(api::DeleteRequest { id: "c".into(), ..Default::default() }).await.unwrap();
+        });
     }
 }

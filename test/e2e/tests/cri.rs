@@ -100,9 +100,24 @@ fn wasm_pod_lifecycle_like_kubelet() {
     // Four containers and the sandbox: still one shim process.
     assert_eq!(c.shim_pids(), shims, "every container of the pod is served by the pod's shim");
 
-    // exec is refused with a message that says why.
-    let e = c.exec_sync(&busy, &["/bin/sh"]).expect_err("ExecSync must fail");
-    assert!(e.message().contains("not supported"), "{e:?}");
+    // ExecSync, as kubelet's exec probes call it: another Wasm program of
+    // the image runs with the container's grants (its env, its rootfs) and
+    // reports its output and exit code.
+    let r = c.exec_sync(&busy, &["/probe.wasm", "print", "ready", "ls", "/"]).expect("ExecSync");
+    let out = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert_eq!(r.exit_code, 0, "{out}");
+    assert!(out.contains("print ready: ok ready") && out.contains("probe.wasm"), "the image's rootfs: {out}");
+    // A failing probe fails with its own code.
+    let r = c.exec_sync(&busy, &["/probe.wasm", "read", "/tmp/healthy"]).expect("ExecSync");
+    assert_eq!(r.exit_code, 1, "{r:?}");
+    // A Linux command (what a probe written for runc runs) is a failed
+    // command, 126, with a line saying why: the probe fails, not "unknown".
+    let r = c.exec_sync(&busy, &["cat", "/tmp/healthy"]).expect("ExecSync of a non-Wasm command");
+    let err = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert_eq!(r.exit_code, 126, "{r:?}");
+    assert!(err.contains("only WebAssembly programs in the container's image can be executed"), "{err}");
+    // The container is unaffected.
+    assert_eq!(c.container_status(&busy).unwrap().state, cri::ContainerState::ContainerRunning as i32);
 
     // StopContainer: SIGTERM; the HTTP server drains and exits 0; the busy
     // command is killed after the grace period.

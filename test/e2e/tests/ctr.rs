@@ -175,3 +175,38 @@ fn killed_shim_is_cleaned_up_by_shim_delete() {
     c.run("victim", &[], &["/hello.wasm"]).ok();
     c.stop_and_check_clean();
 }
+
+/// `ctr task exec`: a Wasm program of the image runs in the running
+/// container with its grants and env, its output and exit code reach ctr, a
+/// Linux command is a failed command, and killing the container ends a
+/// running exec with it.
+#[test]
+fn exec_runs_another_program_of_the_image() {
+    let c = Containerd::start();
+    c.run_detached("execd", &["--env", "FROM_CONTAINER=yes"], &["/probe.wasm", "sleep", "600000"]).ok();
+    c.wait_status("execd", "RUNNING");
+    let r = c.ctr(&["task", "exec", "--exec-id", "e1", "execd", "/hello.wasm", "from", "exec"]);
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("args: /hello.wasm from exec"), "{r:?}");
+    assert!(r.stdout.contains("env: FROM_CONTAINER=yes"), "the container's env: {r:?}");
+    let r = c.ctr(&["task", "exec", "--exec-id", "e2", "execd", "/exit-code-p1.wasm", "7"]);
+    assert_eq!(r.reported_exit().or(r.code.map(i64::from)), Some(7), "{r:?}");
+    let r = c.ctr(&["task", "exec", "--exec-id", "e3", "execd", "/bin/sh", "-c", "true"]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("only WebAssembly programs") || r.stdout.contains("only WebAssembly programs"), "{r:?}");
+    // A long exec, killed with its container.
+    let mut long = std::process::Command::new(&c.release.ctr)
+        .args(["-a", c.socket.to_str().unwrap(), "-n", &c.namespace])
+        .args(["task", "exec", "--exec-id", "long", "execd", "/probe.wasm", "sleep", "600000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ps = wasmcell_e2e::wait::until(100, || c.ctr(&["task", "ps", "execd"]).stdout.lines().count(), |n| *n >= 3);
+    assert!(ps >= 3, "ctr task ps lists the container and its exec");
+    c.kill_and_delete("execd", "SIGKILL");
+    let done = wasmcell_e2e::wait::poll(200, || long.try_wait().ok().flatten());
+    assert!(done.is_some(), "the exec did not end with its container");
+    c.stop_and_check_clean();
+}
