@@ -232,3 +232,28 @@ fn a_component_opens_only_files_directories_and_symlinks() {
         assert!(line.contains("denied: Permission denied"), "{line}");
     }
 }
+
+/// A WASI 0.2 command that calls `wasi:cli/exit.exit-with-code` (stable
+/// since 0.2.12, what newer toolchains call for `exit(N)`) reports N, as a
+/// WASIp1 module's `proc_exit(N)` does. Older toolchains call only
+/// `exit(result)`, which can say 0 or 1 and nothing else.
+#[test]
+fn component_exit_with_code_reports_the_code() {
+    const WAT: &str = r#"
+(component
+  (import "wasi:cli/exit@0.2.12" (instance $exit (export "exit-with-code" (func (param "status-code" u8)))))
+  (core func $ewc (canon lower (func $exit "exit-with-code")))
+  (core module $m
+    (import "host" "exit-with-code" (func $e (param i32)))
+    (func (export "run") (result i32) (call $e (i32.const 3)) (i32.const 0)))
+  (core instance $i (instantiate $m (with "host" (instance (export "exit-with-code" (func $ewc))))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $r (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $r)))
+"#;
+    let wasm = wat::parse_str(WAT).unwrap();
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let c = run(&e, &wasm, config(d.path(), &["x"]), Default::default());
+    assert_eq!(c.exit.unwrap().status(), 3, "{}", c.stderr);
+}
