@@ -83,6 +83,8 @@ struct Server {
     /// The shim's own notes (traps) on the container's stderr.
     notes: Option<Arc<Mutex<tokio::net::unix::pipe::Sender>>>,
     requests: Semaphore,
+    /// The bound on requests handled at once.
+    concurrency: usize,
 }
 
 fn text(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
@@ -136,9 +138,13 @@ impl Server {
         if let Some(o) = &self.stderr {
             b.stderr(o.clone());
         }
+        // Each request's instance gets its share of the handle bound (a
+        // handler needs tens), at least 256.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity((crate::limiter::max_handles() / self.concurrency).max(256));
         let state = P2State {
             wasi: b.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(self.stats.clone()),
             http: WasiHttpCtx::new(),
             hooks: HttpHooks { allow_outgoing: self.config.allows_outgoing() },
@@ -254,6 +260,7 @@ impl Engine {
             stderr: shared(io.stderr)?,
             notes,
             requests: Semaphore::new(concurrency),
+            concurrency,
         });
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let _reporter = Reporter(tokio::spawn(report(stats.clone())));

@@ -1,7 +1,28 @@
 //! Memory accounting and the memory cap from `linux.resources.memory.limit`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Most resource handles one store may hold at once (open files and
+/// directories, sockets, streams, HTTP fields, pollables): each open file or
+/// socket is a descriptor of the shim process, so without a bound one guest
+/// could take every descriptor the shim has and starve its other guests and
+/// its own RPCs. [`set_max_handles`] sets it for the process (the shim
+/// derives it from its descriptor limit); Wasmtime's own default is a
+/// million. A guest past it gets an error, or traps ("resource table has no
+/// free keys"), depending on the call.
+pub const DEFAULT_MAX_HANDLES: usize = 4096;
+static MAX_HANDLES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_HANDLES);
+
+/// Sets the per-store handle bound (at least 64).
+pub fn set_max_handles(n: usize) {
+    MAX_HANDLES.store(n.max(64), Ordering::Relaxed);
+}
+
+/// The per-store handle bound.
+pub fn max_handles() -> usize {
+    MAX_HANDLES.load(Ordering::Relaxed)
+}
 
 /// Live figures of one guest, shared with the shim for Stats.
 #[derive(Debug, Default)]

@@ -204,9 +204,11 @@ impl Engine {
         let engine = &self.inner.engine;
         match program {
             Program::Command(pre) => {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(crate::limiter::max_handles());
                 let state = P2State {
                     wasi: builder.build(),
-                    table: ResourceTable::new(),
+                    table,
                     limiter,
                     http: wasmtime_wasi_http::WasiHttpCtx::new(),
                     hooks: crate::ctx::HttpHooks { allow_outgoing: config.allows_outgoing() },
@@ -221,7 +223,9 @@ impl Engine {
             }
             Program::Http(_) => Err(wasmtime::Error::msg("an HTTP component is served with Engine::serve, not run")),
             Program::Module(pre) => {
-                let state = P1State { wasi: builder.build_p1(), limiter };
+                let mut wasi = builder.build_p1();
+                wasmtime_wasi::WasiView::ctx(&mut wasi).table.set_max_capacity(crate::limiter::max_handles());
+                let state = P1State { wasi, limiter };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
                 store.set_epoch_deadline(1);

@@ -76,6 +76,13 @@ fn parse_secs(name: &str, v: Option<&str>, default: u64) -> std::time::Duration 
     std::time::Duration::from_secs(secs)
 }
 
+/// The handles one guest store may hold, from the shim's descriptor limit:
+/// an eighth of it, so that a few guests at their bound still leave the
+/// shim descriptors for its own work, between 256 and 16,384.
+pub(crate) fn max_handles(nofile: u64) -> usize {
+    (nofile / 8).clamp(256, 16_384) as usize
+}
+
 /// Worker threads of the runtime guests run on: the cores, at most 4.
 pub(crate) fn guest_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).min(4)
@@ -84,6 +91,13 @@ pub(crate) fn guest_workers() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handle_bound_from_the_descriptor_limit() {
+        assert_eq!(max_handles(1024), 256);
+        assert_eq!(max_handles(20_000), 2_500);
+        assert_eq!(max_handles(1 << 20), 16_384);
+    }
 
     #[test]
     fn compile_timeout_knob() {

@@ -71,6 +71,8 @@ pub fn main() {
     let serving = flags.action.is_empty();
     if serving {
         sys::process::limit_malloc_arenas();
+        // Descriptors: the shim's all, and a bound per guest within them.
+        wasmcell_engine::set_max_handles(config::max_handles(sys::process::raise_nofile()));
         if flags.socket.is_empty() {
             eprintln!(
                 "containerd-shim-wasmtime-v1: -socket is required to serve; containerd starts this binary with `start`"

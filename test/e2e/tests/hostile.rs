@@ -397,7 +397,7 @@ fn compile_child_dies_with_its_shim() {
     assert!(left.is_empty(), "compile children outlived their shim: {left:?}");
     // containerd cleans up after the dead shim (`shim delete`) in the
     // background: the cgroup goes once the compiler is gone too.
-    let cgroups = wasmcell_e2e::wait::settle(100, || c.cgroups());
+    let cgroups = wasmcell_e2e::wait::settle(300, || c.cgroups());
     assert!(cgroups.is_empty(), "cgroups left after the shim and its compiler died: {cgroups:?}");
     c.stop_and_check_clean();
 }
@@ -450,5 +450,80 @@ fn idle_connections_do_not_deny_service() {
     assert!(took < Duration::from_secs(3), "a fresh GET waited {took:?} behind 4,100 idle connections");
     drop(held);
     c.kill_and_delete("idle-http", "SIGKILL");
+    c.stop_and_check_clean();
+}
+
+/// A WASIp1 guest that opens the directory `.` of its first preopen up to
+/// 20,000 times, keeping every handle, then holds them for a minute. Exits
+/// 1 at once if all 20,000 opens succeeded (nothing bounded it), 3 if fewer
+/// than 100 did (the test would prove nothing).
+const FD_HOG_WAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) ".")
+  (func (export "_start")
+    (local $n i32) (local $e i32)
+    (block $done
+      (loop $l
+        (local.set $e (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 1)
+          (i32.const 2) (i64.const 0x4000) (i64.const 0) (i32.const 0) (i32.const 32)))
+        (br_if $done (local.get $e))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br_if $l (i32.lt_u (local.get $n) (i32.const 20000)))))
+    (if (i32.ge_u (local.get $n) (i32.const 20000)) (then (call $exit (i32.const 1))))
+    (if (i32.lt_u (local.get $n) (i32.const 100)) (then (call $exit (i32.const 3))))
+    ;; one clock subscription: monotonic, 60 s
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const 60000000000))
+    (drop (call $poll (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 160)))
+    (call $exit (i32.const 0))))
+"#;
+
+/// Issue 20, item 3: one guest opening handles until it can no more is
+/// stopped at its bound (an eighth of the shim's descriptor limit), well
+/// before the shim's own limit: it traps (exit 134, "resource table has no
+/// free keys"), the next container of the pod is created and runs, and
+/// containerd's log gets no "too many open files" flood.
+#[test]
+fn one_guest_cannot_take_the_shims_descriptors() {
+    let c = Cri::start();
+    let hog = c.cd.dir.path().join("fdhog.wasm");
+    std::fs::write(&hog, wat::parse_str(FD_HOG_WAT).unwrap()).unwrap();
+    c.cd.build_image("wasmcell.test/fdhog:latest", &[hog.display().to_string(), probe()], &[]);
+    let tar = c.cd.dir.path().join("img-wasmcell.test_fdhog_latest.tar");
+    c.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
+    c.wait_images_tagged(&["wasmcell.test/fdhog:latest"]);
+    let pod_cfg = c.pod_config("fds");
+    let (pod, _) = c.run_ready_pod(&pod_cfg);
+    let mut cfg = c.container_config("hog", &["/fdhog.wasm"], &[]);
+    cfg.image.as_mut().unwrap().image = "wasmcell.test/fdhog:latest".into();
+    let hog_id = c.create(&pod, &pod_cfg, cfg).expect("CreateContainer hog");
+    c.start_container(&hog_id).expect("StartContainer hog");
+    // At its bound (an eighth of the shim's descriptor limit, 2,500 here) the
+    // guest's next open traps: it ends 134 with the reason on its stderr,
+    // and what it held is closed. Unbounded, it would have opened until the
+    // shim's own limit and held it all.
+    let status = c.wait_exited(&hog_id);
+    let lines = c.wait_log_lines(&pod_cfg, "hog", "no free keys");
+    assert_eq!(status.exit_code, 134, "the hog's opens were not bounded: {status:?} {lines:?}");
+    assert!(lines.iter().any(|(_, l)| l.contains("resource table has no free keys")), "{lines:?}");
+    // The next container of the pod is created and runs.
+    let mut cfg = c.container_config("victim", &["/probe.wasm", "print", "alive"], &[]);
+    cfg.image.as_mut().unwrap().image = "wasmcell.test/fdhog:latest".into();
+    let victim = c.create(&pod, &pod_cfg, cfg).expect("CreateContainer victim");
+    c.start_container(&victim).expect("StartContainer victim");
+    assert_eq!(c.wait_exited(&victim).exit_code, 0);
+    let flood =
+        c.cd.log().lines().filter(|l| l.contains("Too many open files") || l.contains("too many open files")).count();
+    assert_eq!(flood, 0, "containerd's log has {flood} too-many-open-files lines");
+    c.remove_container(&hog_id).unwrap();
+    c.remove_container(&victim).unwrap();
+    c.stop_pod(&pod).unwrap();
+    c.remove_pod(&pod).unwrap();
     c.stop_and_check_clean();
 }

@@ -182,12 +182,13 @@ impl Owner {
 /// What runs in the cgroup of a dead shim is the shim's own leftovers (its
 /// compile child, killed with it but perhaps still exiting): as runc does on
 /// delete, whatever is still there is killed, then the cgroup is removed,
-/// tried again for up to 5 s while it is busy.
+/// tried again for up to 10 s while it is busy (a killed process keeps its
+/// cgroup busy until its parent, containerd, has reaped it).
 pub fn remove(cgroups_path: &str) {
     let Some(path) = resolve_path(cgroups_path) else { return };
     let cg = Cgroup::load(hierarchies::auto(), path.trim_start_matches('/'));
     let me = std::process::id() as u64;
-    for attempt in 0..100 {
+    for attempt in 0..200 {
         if !cg.exists() {
             return;
         }
@@ -199,7 +200,7 @@ pub fn remove(cgroups_path: &str) {
         }
         match cg.delete() {
             Ok(()) => return,
-            Err(e) if attempt == 99 => log::warn!("remove cgroup {path}: {e}"),
+            Err(e) if attempt == 199 => log::warn!("remove cgroup {path}: {e}"),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }

@@ -36,6 +36,24 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit
+/// (no privilege needed) and returns it; the guests' handles are bounded
+/// within it.
+pub fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                log::warn!("raise open-file limit {soft} -> {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
 /// Gives freed heap pages back to the kernel. Compiling or reading a guest
 /// frees much more than a running guest keeps (the Wasm file is read whole,
 /// compiling allocates freely); glibc would otherwise keep those pages in its
