@@ -607,4 +607,44 @@ mod tests {
             svc.do_delete(api::DeleteRequest { id: "c".into(), ..Default::default() }).await.unwrap();
         });
     }
+
+    fn update(id: &str, resources: serde_json::Value) -> api::UpdateTaskRequest {
+        api::UpdateTaskRequest {
+            id: id.into(),
+            resources: Some(Any { value: serde_json::to_vec(&resources).unwrap(), ..Default::default() }).into(),
+            ..Default::default()
+        }
+    }
+
+    /// Update follows Create's rules: a CPU period Create refuses is refused
+    /// (it was silently replaced by 100000), and a memory limit cleared
+    /// before Start stays cleared once the guest runs (Start used to put the
+    /// spec's limit back).
+    #[test]
+    fn update_follows_creates_rules_and_holds_across_start() {
+        let d = tempfile::tempdir().unwrap();
+        let k = Arc::new(FakeKernel::default());
+        let b = bundle(d.path(), "u", "spin.wasm");
+        let mut spec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&b).join("config.json")).unwrap()).unwrap();
+        spec["linux"]["resources"] = serde_json::json!({"memory": {"limit": 64 << 20}});
+        std::fs::write(Path::new(&b).join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+        rt().block_on(async {
+            let svc = service(&k);
+            create(&svc, "u", b).await.unwrap();
+            let c = svc.get("u").unwrap();
+            assert_eq!(c.stats.memory_cap(), Some(64 << 20));
+            let bad = svc.do_update(update("u", serde_json::json!({"cpu": {"quota": 1000, "period": 10}})));
+            assert!(matches!(bad, Err(ShimError::InvalidArgument(ref m)) if m.contains("period")), "{bad:?}");
+            assert_eq!(c.stats.cpu_quota(), None, "a refused update changes nothing");
+            svc.do_update(update("u", serde_json::json!({"memory": {"limit": -1}}))).unwrap();
+            assert_eq!(c.stats.memory_cap(), None);
+            svc.do_start(api::StartRequest { id: "u".into(), ..Default::default() }).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(c.stats.memory_cap(), None, "Start must not restore the spec's limit");
+            svc.do_kill(kill("u", libc::SIGKILL)).await.unwrap();
+            svc.do_wait(api::WaitRequest { id: "u".into(), ..Default::default() }).await.unwrap();
+            svc.do_delete(api::DeleteRequest { id: "u".into(), ..Default::default() }).await.unwrap();
+        });
+    }
 }
