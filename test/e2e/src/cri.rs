@@ -300,6 +300,23 @@ impl Cri {
         self.build_and_import(WASM_IMAGE, &files, &["--env", "GREETING=hi", "--entrypoint", "/hello.wasm"]);
     }
 
+    /// Imports the image-layout tarball `tar` into CRI's namespace and waits
+    /// until CRI lists it as `name`.
+    pub fn import_layout(&self, tar: &Path, name: &str) {
+        self.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
+        self.wait_images_tagged(&[name]);
+    }
+
+    /// Removes `containers`, then stops and removes `pod`, as kubelet does
+    /// when a pod is deleted; each call must succeed.
+    pub fn remove_pod_and(&self, pod: &str, containers: &[&str]) {
+        for id in containers {
+            self.remove_container(id).expect("RemoveContainer");
+        }
+        self.stop_pod(pod).expect("StopPodSandbox");
+        self.remove_pod(pod).expect("RemovePodSandbox");
+    }
+
     /// `wasmcell image build`, then `ctr -n k8s.io images import`.
     pub fn build_and_import(&self, name: &str, files: &[String], extra: &[&str]) {
         let tar = self.cd.dir.path().join(format!("cri-{}.tar", name.replace(['/', ':'], "_")));

@@ -1,7 +1,7 @@
 //! A hostile tenant, through ctr and CRI: what an image or a guest brings
 //! must not reach the host. Each test names the attack it repeats.
 
-use wasmcell_e2e::cri::{Cri, K8S_NS};
+use wasmcell_e2e::cri::Cri;
 use wasmcell_e2e::hostile::{add_layer, mount_options_below, LoopDevice, DISK_SECRET};
 use wasmcell_e2e::{fixtures_dir, Containerd, Ran, RUNTIME};
 
@@ -103,8 +103,7 @@ fn device_node_in_an_image_through_cri() {
     let base = c.cd.build_image("wasmcell.test/devnode:base", &[probe()], &[]);
     let hostile = c.cd.dir.path().join("devnode.tar");
     add_layer(&base, &hostile, DEV_IMAGE, disk.layer("disk"));
-    c.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", hostile.to_str().unwrap()]).ok();
-    c.wait_images_tagged(&[DEV_IMAGE]);
+    c.import_layout(&hostile, DEV_IMAGE);
 
     let pod_cfg = c.pod_config("devnode");
     let (pod, _) = c.run_ready_pod(&pod_cfg);
@@ -120,9 +119,7 @@ fn device_node_in_an_image_through_cri() {
         assert_refused(&l.1);
     }
     assert_eq!(disk.head(DISK_SECRET.len()), DISK_SECRET, "the device's bytes changed");
-    c.remove_container(&id).unwrap();
-    c.stop_pod(&pod).unwrap();
-    c.remove_pod(&pod).unwrap();
+    c.remove_pod_and(&pod, &[&id]);
     c.stop_and_check_clean();
 }
 
@@ -162,9 +159,7 @@ fn host_network_pod_gets_the_hosts_network() {
     assert_eq!(status.exit_code, 0, "{lines:?}");
     assert!(lines.iter().any(|(_, l)| l.contains("ok hello from the host")), "{lines:?}");
     server.join().unwrap();
-    c.remove_container(&id).unwrap();
-    c.stop_pod(&pod).unwrap();
-    c.remove_pod(&pod).unwrap();
+    c.remove_pod_and(&pod, &[&id]);
     c.stop_and_check_clean();
 }
 
@@ -494,10 +489,8 @@ fn one_guest_cannot_take_the_shims_descriptors() {
     let c = Cri::start();
     let hog = c.cd.dir.path().join("fdhog.wasm");
     std::fs::write(&hog, wat::parse_str(FD_HOG_WAT).unwrap()).unwrap();
-    c.cd.build_image("wasmcell.test/fdhog:latest", &[hog.display().to_string(), probe()], &[]);
-    let tar = c.cd.dir.path().join("img-wasmcell.test_fdhog_latest.tar");
-    c.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
-    c.wait_images_tagged(&["wasmcell.test/fdhog:latest"]);
+    let tar = c.cd.build_image("wasmcell.test/fdhog:latest", &[hog.display().to_string(), probe()], &[]);
+    c.import_layout(&tar, "wasmcell.test/fdhog:latest");
     let pod_cfg = c.pod_config("fds");
     let (pod, _) = c.run_ready_pod(&pod_cfg);
     let mut cfg = c.container_config("hog", &["/fdhog.wasm"], &[]);
@@ -521,9 +514,6 @@ fn one_guest_cannot_take_the_shims_descriptors() {
     let flood =
         c.cd.log().lines().filter(|l| l.contains("Too many open files") || l.contains("too many open files")).count();
     assert_eq!(flood, 0, "containerd's log has {flood} too-many-open-files lines");
-    c.remove_container(&hog_id).unwrap();
-    c.remove_container(&victim).unwrap();
-    c.stop_pod(&pod).unwrap();
-    c.remove_pod(&pod).unwrap();
+    c.remove_pod_and(&pod, &[&hog_id, &victim]);
     c.stop_and_check_clean();
 }
