@@ -91,6 +91,13 @@ pub(crate) async fn start(flags: Flags) -> Result<(), BoxError> {
     }
     let bundle = bundle_dir(&flags);
     let group = grouping(&bundle, &flags.id);
+    // A container that gets a shim of its own (a pod's sandbox, or one
+    // outside any pod): the daemon is born in its cgroup, so that even the
+    // pages its loader writes before `main` are charged there. A pod's
+    // other containers join their pod's running shim: nothing to do.
+    if group == flags.id {
+        crate::sys::cgroup::join_early(&bundle);
+    }
     let mut opts = StartOpts::from(params);
     opts.debug |= flags.debug;
     let address = spawn(opts, &group, Vec::new()).await?;

@@ -268,6 +268,12 @@ impl TaskService {
             return;
         }
         let path = path.display().to_string();
+        // Joined at the daemon's start already (see `sys::cgroup::join_early`).
+        if let Some(joined) = crate::sys::cgroup::take_early(&path) {
+            log::info!("create id={id}: in cgroup {} since the shim started", joined.path);
+            self.inner.cgroup.set(id, Box::new(joined));
+            return;
+        }
         // A pod's shim joins the sandbox's cgroup and serves every container
         // of the pod from it. The sandbox's own limits are a pause
         // process's (kubelet gives it cpu.shares 2): applied here they would

@@ -79,7 +79,10 @@ pub fn main() {
             );
             std::process::exit(2);
         }
-        // The serving daemon: its working directory is the bundle.
+        // The serving daemon: its working directory is the bundle. Into the
+        // container's (for a pod, the sandbox's) cgroup first, so that what
+        // the shim allocates from here on is charged to it.
+        sys::cgroup::join_early(std::path::Path::new("."));
         sys::netns::enter_for_bundle(std::path::Path::new("."));
         // Still the only thread: what it gives up, every later thread lacks.
         sys::confine::apply();

@@ -161,3 +161,52 @@ fn native_container_in_a_wasm_pod_is_refused_clearly() {
     c.remove_pod(&pod).unwrap();
     c.stop_and_check_clean();
 }
+
+/// The pod's shim is charged to the pod: it joins the sandbox's cgroup (in
+/// the pod's) when it starts, before its runtime allocates, so the pod
+/// cgroup's memory covers the shim's anonymous memory (issue 17, item 1).
+#[test]
+fn shim_memory_is_charged_to_the_pod() {
+    let c = Cri::start();
+    let pod_cfg = c.pod_config("charged");
+    let (pod, _) = c.run_ready_pod(&pod_cfg);
+    let id = c
+        .create(&pod, &pod_cfg, c.container_config("holder", &["/probe.wasm", "alloc", "8", "sleep", "600000"], &[]))
+        .expect("CreateContainer");
+    c.start_container(&id).expect("StartContainer");
+    let shim = *c.shim_pids().first().expect("the pod's shim");
+    let rss_anon = || -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{shim}/status")).unwrap();
+        let kb = st.lines().find(|l| l.starts_with("RssAnon:")).and_then(|l| l.split_whitespace().nth(1));
+        kb.and_then(|v| v.parse::<u64>().ok()).unwrap() * 1024
+    };
+    let pod_dir = format!("{}/pod-charged", c.cd.namespace);
+    // Anonymous memory charged to the pod cgroup (v1 `total_rss`, v2 `anon`):
+    // file pages are charged to whoever first read them, so only anonymous
+    // memory tells where the shim's own allocations went.
+    let usage = || -> u64 {
+        for (f, key) in [
+            (format!("/sys/fs/cgroup/memory/{pod_dir}/memory.stat"), "total_rss "),
+            (format!("/sys/fs/cgroup/{pod_dir}/memory.stat"), "anon "),
+        ] {
+            if let Ok(v) = std::fs::read_to_string(&f) {
+                let line = v.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {f}"));
+                return line[key.len()..].trim().parse().unwrap();
+            }
+        }
+        panic!("no memory accounting for the pod cgroup {pod_dir}");
+    };
+    // The guest has allocated its 8 MiB once the shim's anonymous memory stops growing.
+    let anon = until(100, rss_anon, |a| *a > 8 << 20);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let (anon, charged) = (rss_anon().max(anon), usage());
+    eprintln!("shim RssAnon {} KiB, pod cgroup anonymous memory {} KiB", anon >> 10, charged >> 10);
+    // Within 256 KiB: what the daemon allocated before it could join.
+    assert!(
+        charged + (256 << 10) >= anon,
+        "the pod cgroup holds {charged} bytes of anonymous memory, the shim has {anon}"
+    );
+    c.stop_container(&id, 1).unwrap();
+    c.remove_pod_and(&pod, &[&id]);
+    c.stop_and_check_clean();
+}

@@ -379,13 +379,16 @@ fn compile_child_dies_with_its_shim() {
         .unwrap();
     let compiling = wasmcell_e2e::wait::poll(200, || Some(compilers_of(&c)).filter(|p| !p.is_empty()));
     assert!(compiling.is_some(), "the bomb never started compiling");
+    // The serving shim, taken now: later, containerd's own `shim delete`
+    // (whose command line looks the same) must not be killed by this test.
+    let serving = c.shim_pids();
     // The client gives up; containerd tears the task's shim down.
     let _ = ctr.kill();
     let _ = ctr.wait();
     c.ctr(&["task", "kill", "-s", "SIGKILL", "gives-up"]);
     c.ctr(&["task", "delete", "-f", "gives-up"]);
     c.ctr(&["containers", "rm", "gives-up"]);
-    for pid in c.shim_pids() {
+    for pid in serving {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     let left = wasmcell_e2e::wait::settle(100, || compilers_of(&c));

@@ -119,6 +119,40 @@ impl Joined {
     }
 }
 
+/// The cgroup the serving shim joined at start, before it allocated anything
+/// (so that all of its memory is charged there, for a pod the pod's), until
+/// Create of the container it belongs to takes it over.
+static EARLY: std::sync::Mutex<Option<Joined>> = std::sync::Mutex::new(None);
+
+/// Joins the cgroup of the bundle's container at the daemon's start, on the
+/// main thread, before the runtime exists: memory is charged where it is
+/// first touched, and stays there. A pod's sandbox gets no limits of its own
+/// (see `create.rs`); another container gets its spec's. Never fails the
+/// shim: a spec that cannot be read is left to Create to refuse, and a
+/// failed join only loses the outer bound, as at Create.
+pub fn join_early(bundle: &std::path::Path) {
+    let Ok((spec, grants)) = wasmcell_grants::grants_for_bundle(bundle) else { return };
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else { return };
+    let limits = match grants.role {
+        wasmcell_grants::Role::Sandbox { .. } => Limits::default(),
+        _ => grants.limits.clone(),
+    };
+    if let Ok(j) = join(&path.display().to_string(), &limits) {
+        *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(j);
+    }
+}
+
+/// The cgroup joined at start, if it is the one at `cgroups_path`.
+pub(crate) fn take_early(cgroups_path: &str) -> Option<Joined> {
+    let path = resolve_path(cgroups_path)?;
+    let mut early = EARLY.lock().unwrap_or_else(|p| p.into_inner());
+    if early.as_ref().is_some_and(|j| j.path == path) {
+        early.take()
+    } else {
+        None
+    }
+}
+
 /// Which container's cgroup the shim joined, and a leave under way. A shim
 /// joins one cgroup, its first container's (a pod's sandbox); that
 /// container owns it and leaves it when it stops (early, as soon as no other
