@@ -496,9 +496,15 @@ state = "{d}/state"
 
     /// `ctr run --rm` of the fixtures image with the Wasm runtime.
     pub fn run(&self, id: &str, extra: &[&str], args: &[&str]) -> Ran {
+        self.run_image(FIXTURES_IMAGE, id, extra, args)
+    }
+
+    /// `ctr run --rm` of `image` with the Wasm runtime: `extra` ctr flags,
+    /// then the image, the id and the process's `args`.
+    pub fn run_image(&self, image: &str, id: &str, extra: &[&str], args: &[&str]) -> Ran {
         let mut a = vec!["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME];
         a.extend_from_slice(extra);
-        a.push(FIXTURES_IMAGE);
+        a.push(image);
         a.push(id);
         a.extend_from_slice(args);
         self.ctr(&a)

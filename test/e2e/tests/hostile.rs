@@ -41,22 +41,8 @@ fn device_node_in_an_image_gives_no_access_to_the_device() {
     let bind = format!("type=bind,src={},dst=/data,options=rbind:rw", bound.display());
 
     for (id, extra) in [("dev-rw", vec!["--mount", &bind]), ("dev-ro", vec!["--read-only", "--mount", &bind])] {
-        let mut a = vec!["run", "--rm", "--platform", "wasi/wasm", "--runtime", RUNTIME];
-        a.extend(extra);
-        a.extend([
-            DEV_IMAGE,
-            id,
-            "/probe.wasm",
-            "read",
-            "/disk",
-            "write",
-            "/disk",
-            "read",
-            "/data/disk",
-            "write",
-            "/data/disk",
-        ]);
-        let r = c.ctr(&a);
+        let args = ["/probe.wasm", "read", "/disk", "write", "/disk", "read", "/data/disk", "write", "/data/disk"];
+        let r = c.run_image(DEV_IMAGE, id, &extra, &args);
         assert_eq!(r.code, Some(1), "every action must fail: {r:?}");
         for action in ["read /disk", "write /disk", "read /data/disk", "write /data/disk"] {
             assert_refused(line(&r, action));
@@ -187,21 +173,7 @@ fn absolute_symlink_entrypoint_resolves_inside_the_rootfs() {
     let img = c.dir.path().join("links.tar");
     add_layer(&base, &img, "wasmcell.test/links:latest", b.into_inner().unwrap());
     c.ctr(&["images", "import", "--all-platforms", img.to_str().unwrap()]).ok();
-    let run = |id: &str, ep: &str| {
-        c.ctr(&[
-            "run",
-            "--rm",
-            "--platform",
-            "wasi/wasm",
-            "--runtime",
-            RUNTIME,
-            "wasmcell.test/links:latest",
-            id,
-            ep,
-            "print",
-            "ran",
-        ])
-    };
+    let run = |id: &str, ep: &str| c.run_image("wasmcell.test/links:latest", id, &[], &[ep, "print", "ran"]);
     let r = run("abs-link", "/ep_abs.wasm");
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("print ran: ok ran"), "{r:?}");
@@ -261,20 +233,7 @@ fn tmpfs_mounts_are_bounded_by_their_size() {
     c.import_image("wasmcell.test/fill:latest", &[fill.display().to_string()], &[]);
     let run = |id: &str, size: &str| {
         let m = format!("type=tmpfs,src=tmpfs,dst=/scratch,options=size={size}");
-        c.ctr(&[
-            "run",
-            "--rm",
-            "--read-only",
-            "--platform",
-            "wasi/wasm",
-            "--runtime",
-            RUNTIME,
-            "--mount",
-            &m,
-            "wasmcell.test/fill:latest",
-            id,
-            "/fill.wasm",
-        ])
+        c.run_image("wasmcell.test/fill:latest", id, &["--read-only", "--mount", &m], &["/fill.wasm"])
     };
     let small = run("fill-1m", "1m");
     assert_eq!(small.code, Some(51), "4 MiB into a 1 MiB tmpfs must fail with ENOSPC (WASI errno 51): {small:?}");
@@ -327,17 +286,7 @@ fn compile_bomb_is_stopped_at_the_deadline() {
     std::fs::write(&bomb, compile_bomb(6000)).unwrap();
     c.import_image("wasmcell.test/bomb:latest", &[bomb.display().to_string()], &[]);
     let started = std::time::Instant::now();
-    let r = c.ctr(&[
-        "run",
-        "--rm",
-        "--platform",
-        "wasi/wasm",
-        "--runtime",
-        RUNTIME,
-        "wasmcell.test/bomb:latest",
-        "bomb",
-        "/bomb.wasm",
-    ]);
+    let r = c.run_image("wasmcell.test/bomb:latest", "bomb", &[], &["/bomb.wasm"]);
     let took = started.elapsed();
     assert_ne!(r.code, Some(0), "{r:?}");
     assert!(r.stderr.contains("too costly to compile") && r.stderr.contains("longer than 1 s"), "{r:?}");
