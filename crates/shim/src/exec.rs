@@ -213,12 +213,7 @@ impl TaskService {
                     }
                 }
             };
-            let drained = e.drained.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(d) = drained {
-                if !d.wait(stdio::DRAIN_WAIT).await {
-                    log::warn!("exec id={} exec_id={}: output not taken within {:?}", c.id, e.id, stdio::DRAIN_WAIT);
-                }
-            }
+            stdio::wait_drained(&e.drained, &format!("id={} exec_id={}", c.id, e.id)).await;
             let (events, pid) = (&svc.inner.events, svc.inner.pid);
             if e.life.record_exit(status, now(), |status, at| events.exec_exit(&c.id, &e.id, pid, status, at.clone())) {
                 log::info!("exit id={} exec_id={} status={status}", c.id, e.id);

@@ -83,6 +83,18 @@ impl Drained {
     }
 }
 
+/// Takes the drained signal of a guest's output from `slot` and waits for it
+/// (at most [`DRAIN_WAIT`]), logging when that runs out; `who` names the
+/// process in the log line.
+pub(crate) async fn wait_drained(slot: &std::sync::Mutex<Option<Drained>>, who: &str) {
+    let drained = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(d) = drained {
+        if !d.wait(DRAIN_WAIT).await {
+            log::warn!("exit {who}: output not taken within {DRAIN_WAIT:?}; the rest may be lost");
+        }
+    }
+}
+
 /// Output to a `file://` URI (`ctr run --log-uri file:///...`).
 async fn copy_to_file(rx: Tracked, path: &str) -> Result<(), ShimError> {
     let file = tokio::fs::OpenOptions::new()

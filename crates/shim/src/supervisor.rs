@@ -117,16 +117,7 @@ impl TaskService {
                     }
                 }
             };
-            let drained = c.drained.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(d) = drained {
-                if !d.wait(stdio::DRAIN_WAIT).await {
-                    log::warn!(
-                        "exit id={}: output not taken within {:?}; the rest may be lost",
-                        c.id,
-                        stdio::DRAIN_WAIT
-                    );
-                }
-            }
+            stdio::wait_drained(&c.drained, &format!("id={}", c.id)).await;
             svc.exited(&c, status, oom);
             // Execs end with their container.
             svc.kill_execs(&c);
