@@ -17,14 +17,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{Linker, Resource};
-use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, DescriptorType, ErrorCode, Host as _, HostDescriptor, OpenFlags, PathFlags,
 };
+use wasmtime_wasi::p3::bindings::filesystem::types as p3;
 
 /// The `wasi:filesystem/types` instance `wasmtime_wasi::p2` defines (its
 /// newest 0.2 version; components importing any 0.2.x link against it).
 const P2_TYPES: &str = "wasi:filesystem/types@0.2.12";
+/// The same for WASI 0.3 (`wasmtime_wasi::p3`).
+const P3_TYPES: &str = "wasi:filesystem/types@0.3.0";
 
 /// Whether a guest may hold a descriptor of this type.
 pub(crate) fn may_open(t: DescriptorType) -> bool {
@@ -86,6 +89,73 @@ pub(crate) fn guard_p2<T: WasiFilesystemView + 'static>(linker: &mut Linker<T>) 
             },
         )
     });
+    linker.allow_shadowing(false);
+    defined
+}
+
+type OpenAtParams3 = (Resource<Descriptor>, p3::PathFlags, String, p3::OpenFlags, p3::DescriptorFlags);
+
+fn p3_type(t: p3::DescriptorType) -> DescriptorType {
+    use p3::DescriptorType as T;
+    match t {
+        T::BlockDevice => DescriptorType::BlockDevice,
+        T::CharacterDevice => DescriptorType::CharacterDevice,
+        T::Directory => DescriptorType::Directory,
+        T::Fifo => DescriptorType::Fifo,
+        T::SymbolicLink => DescriptorType::SymbolicLink,
+        T::RegularFile => DescriptorType::RegularFile,
+        T::Socket => DescriptorType::Socket,
+        _ => DescriptorType::Unknown,
+    }
+}
+
+/// [`guard_p2`] for WASI 0.3's `open-at` (an async function), in a linker
+/// that already holds `wasmtime_wasi::p3`'s definitions. The checks are the
+/// same; they go through the p3 host's own `stat-at`, `open-at` and
+/// `get-type`.
+pub(crate) fn guard_p3<T: WasiFilesystemView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    use p3::HostDescriptorWithStore as Fs;
+    linker.allow_shadowing(true);
+    let defined =
+        linker.instance(P3_TYPES).and_then(|mut types| {
+            types.func_wrap_concurrent(
+                "[method]descriptor.open-at",
+                |accessor, (dir, path_flags, path, oflags, flags): OpenAtParams3| {
+                    Box::pin(async move {
+                        let fs = &accessor.with_getter::<WasiFilesystem>(T::filesystem);
+                        let at = Resource::new_borrow(dir.rep());
+                        if let Ok(stat) = <WasiFilesystem as Fs<T>>::stat_at(fs, at, path_flags, path.clone()).await {
+                            let t = p3_type(stat.type_);
+                            if !may_open(t) {
+                                log_refusal(&path, t);
+                                return Ok((Err(p3::ErrorCode::Access),));
+                            }
+                        }
+                        let opened =
+                            match <WasiFilesystem as Fs<T>>::open_at(fs, dir, path_flags, path.clone(), oflags, flags)
+                                .await
+                            {
+                                Ok(d) => d,
+                                Err(e) => return Ok((Err(e.downcast()?),)),
+                            };
+                        let t = match <WasiFilesystem as Fs<T>>::get_type(fs, Resource::new_borrow(opened.rep())).await
+                        {
+                            Ok(t) => p3_type(t),
+                            Err(e) => {
+                                fs.with(|mut s| s.get().table.delete(opened).map(|_| ()))?;
+                                return Ok((Err(e.downcast()?),));
+                            }
+                        };
+                        if !may_open(t) {
+                            fs.with(|mut s| s.get().table.delete(opened).map(|_| ()))?;
+                            log_refusal(&path, t);
+                            return Ok((Err(p3::ErrorCode::Access),));
+                        }
+                        Ok((Ok(opened),))
+                    })
+                },
+            )
+        });
     linker.allow_shadowing(false);
     defined
 }

@@ -16,19 +16,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Mutex, Semaphore};
-use wasmtime::component::ResourceTable;
 use wasmtime::Store;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
-use crate::ctx::{GuestConfig, GuestIo, HttpHooks, P2State};
+use crate::ctx::{GuestConfig, GuestIo, P2State};
 use crate::limiter::{GuestStats, MemoryLimiter};
-use crate::run::{deadline_callback, Exit, Metered};
-use crate::{Engine, EngineError};
+use crate::run::{Exit, Metered};
+use crate::{Engine, EngineError, Program};
 
 /// Default bound on requests handled at once when `pids.limit` is unset.
 pub const DEFAULT_CONCURRENCY: usize = 128;
@@ -73,9 +71,17 @@ fn shared(fd: Option<OwnedFd>) -> Result<Option<SharedOut>, EngineError> {
     .transpose()
 }
 
+/// What serves the requests.
+enum Handler {
+    /// A 0.2 handler: a fresh instance per request.
+    P2(ProxyPre<P2State>),
+    /// A 0.3 handler: instances that take several requests each.
+    P3(Arc<crate::http3::Pool>),
+}
+
 struct Server {
     engine: Engine,
-    pre: ProxyPre<P2State>,
+    handler: Handler,
     config: GuestConfig,
     stats: Arc<GuestStats>,
     stdout: Option<SharedOut>,
@@ -87,7 +93,7 @@ struct Server {
     concurrency: usize,
 }
 
-fn text(status: u16, body: &str) -> hyper::Response<HyperOutgoingBody> {
+fn text(status: u16, body: &str) -> hyper::Response<WasiBody> {
     let body = Full::new(Bytes::from(body.to_string())).map_err(|e: Infallible| match e {}).boxed_unsync();
     let mut r = hyper::Response::new(body);
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
@@ -105,7 +111,7 @@ impl Server {
     async fn handle(
         self: Arc<Self>,
         req: hyper::Request<hyper::body::Incoming>,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
+    ) -> Result<hyper::Response<WasiBody>, Infallible> {
         // Back-pressure: a request waits for a free slot; it never makes the
         // shim hold more instances than the bound.
         let Ok(_permit) = self.requests.acquire().await else {
@@ -113,7 +119,14 @@ impl Server {
         };
         let _running = self.engine.inner.ticker.running();
         self.stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-        let resp = self.clone().instance(req).await;
+        let resp = match &self.handler {
+            Handler::P2(pre) => self.clone().instance(pre.clone(), req).await,
+            Handler::P3(pool) => {
+                let host: Arc<dyn crate::http3::Host> = self.clone();
+                let req = req.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                pool.handle(&host, req).await.map_err(|e| self.failure(&e))
+            }
+        };
         self.stats.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         self.stats.requests_total.fetch_add(1, Ordering::Relaxed);
         let resp = match resp {
@@ -129,34 +142,13 @@ impl Server {
 
     async fn instance(
         self: Arc<Self>,
+        pre: ProxyPre<P2State>,
         req: hyper::Request<hyper::body::Incoming>,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, String> {
-        let mut b = self.config.builder(GuestIo::default()).map_err(|e| e.to_string())?;
-        if let Some(o) = &self.stdout {
-            b.stdout(o.clone());
-        }
-        if let Some(o) = &self.stderr {
-            b.stderr(o.clone());
-        }
-        // Each request's instance gets its share of the handle bound (a
-        // handler needs tens), at least 256.
-        let mut table = ResourceTable::new();
-        table.set_max_capacity((crate::limiter::max_handles() / self.concurrency).max(256));
-        let state = P2State {
-            wasi: b.build(),
-            table,
-            limiter: MemoryLimiter::new(self.stats.clone()),
-            http: WasiHttpCtx::new(),
-            hooks: HttpHooks { allow_outgoing: self.config.allows_outgoing() },
-        };
-        let mut store = Store::new(self.engine.wasmtime(), state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(deadline_callback(self.engine.inner.fair.clone(), self.stats.clone()));
+    ) -> Result<hyper::Response<WasiBody>, String> {
+        let mut store = self.store().map_err(|e| e.to_string())?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| format!("{e:#}"))?;
         let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
-        let pre = self.pre.clone();
         let stats = self.stats.clone();
         // The instance runs on its own task so the body can keep streaming
         // after the response head is returned.
@@ -174,18 +166,77 @@ impl Server {
             Err(_) => {
                 let why = match task.await {
                     Ok(Ok(())) => "handler returned without setting a response".to_string(),
-                    Ok(Err(e)) => {
-                        if stats.oom.load(Ordering::Relaxed) {
-                            format!("out of memory: {e:#}")
-                        } else {
-                            format!("handler trapped: {e:#}")
-                        }
-                    }
+                    Ok(Err(e)) => self.failure(&e),
                     Err(e) => format!("handler task: {e}"),
                 };
                 Err(why)
             }
         }
+    }
+}
+
+impl Server {
+    /// A store for one instance: stdio shared by all instances, the memory
+    /// limiter on the container's budget, its share of the handle bound (a
+    /// handler needs tens, at least 256), the epoch callback.
+    fn store(&self) -> Result<Store<P2State>, EngineError> {
+        let mut b = self.config.builder(GuestIo::default())?;
+        if let Some(o) = &self.stdout {
+            b.stdout(o.clone());
+        }
+        if let Some(o) = &self.stderr {
+            b.stderr(o.clone());
+        }
+        let handles = (crate::limiter::max_handles() / self.concurrency).max(256);
+        Ok(self.engine.component_store(
+            b.build(),
+            MemoryLimiter::new(self.stats.clone()),
+            &self.config,
+            self.stats.clone(),
+            handles,
+        ))
+    }
+
+    /// Why a request failed, as the shim notes it.
+    fn failure(&self, e: &wasmtime::Error) -> String {
+        if self.stats.oom.load(Ordering::Relaxed) {
+            format!("out of memory: {e:#}")
+        } else {
+            format!("handler trapped: {e:#}")
+        }
+    }
+}
+
+impl crate::http3::Host for Server {
+    fn store(&self) -> Store<P2State> {
+        // The builder fails only on preopens, which Create checked.
+        Server::store(self).unwrap_or_else(|e| {
+            log::warn!("http: {e}; the instance gets no filesystem");
+            let mut b = wasmtime_wasi::WasiCtxBuilder::new();
+            self.engine.component_store(
+                b.build(),
+                MemoryLimiter::new(self.stats.clone()),
+                &self.config,
+                self.stats.clone(),
+                256,
+            )
+        })
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> tokio::task::AbortHandle {
+        let ticking = self.engine.inner.ticker.running();
+        tokio::spawn(Metered::new(
+            async move {
+                let _ticking = ticking;
+                task.await
+            },
+            self.stats.clone(),
+        ))
+        .abort_handle()
+    }
+
+    fn trapped(&self, error: &wasmtime::Error) {
+        log::debug!("http: a 0.3 instance ended: {}", self.failure(error));
     }
 }
 
@@ -224,7 +275,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 impl Engine {
-    /// Serves `pre` on `listener` until `stop` turns true; then stops
+    /// Serves `program` (an HTTP handler, 0.2 or 0.3; see
+    /// [`Program::is_server`]) on `listener` until `stop` turns true; then stops
     /// accepting, lets in-flight requests finish (up to [`GRACE`]) and
     /// returns `Exit::Code(0)`. Dropping the future stops at once. A
     /// connection that takes longer than `header_timeout` to send a
@@ -232,7 +284,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub async fn serve(
         &self,
-        pre: &ProxyPre<P2State>,
+        program: &Program,
         config: &GuestConfig,
         io: GuestIo,
         stats: Arc<GuestStats>,
@@ -241,6 +293,11 @@ impl Engine {
         header_timeout: Duration,
     ) -> Result<Exit, EngineError> {
         // The live limits are `stats`' (see `Engine::run`).
+        let handler = match program {
+            Program::Http(pre) => Handler::P2(pre.clone()),
+            Program::Http3(pre) => Handler::P3(crate::http3::Pool::new(pre.clone())),
+            _ => return Err(EngineError::NoEntry { what: "not an HTTP handler: it runs, it is not served".into() }),
+        };
         let ctx_err = |e: std::io::Error| EngineError::Context { what: "listener".into(), reason: e.to_string() };
         listener.set_nonblocking(true).map_err(ctx_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(ctx_err)?;
@@ -253,7 +310,7 @@ impl Engine {
         let concurrency = config.limits.instances.map_or(DEFAULT_CONCURRENCY, |n| n as usize).max(1);
         let server = Arc::new(Server {
             engine: self.clone(),
-            pre: pre.clone(),
+            handler,
             config: config.clone(),
             stats: stats.clone(),
             stdout: shared(io.stdout)?,

@@ -14,6 +14,8 @@ mod error;
 mod fairshare;
 mod fsguard;
 pub mod http;
+mod http3;
+mod imports;
 mod limiter;
 mod run;
 mod ticker;
@@ -61,18 +63,35 @@ pub type Compiler = Arc<dyn Fn(&[u8], WasmKind) -> Result<Vec<u8>, EngineError> 
 /// A compiled, pre-linked guest, ready to instantiate any number of times.
 #[derive(Clone)]
 pub enum Program {
-    /// A component exporting `wasi:cli/run`.
+    /// A component exporting `wasi:cli/run@0.2.x`.
     Command(CommandPre<P2State>),
+    /// A component exporting `wasi:cli/run@0.3.x`: an async command.
+    Command3(wasmtime_wasi::p3::bindings::CommandPre<P2State>),
     /// A core module exporting `_start` (WASI preview 1).
     Module(wasmtime::InstancePre<P1State>),
-    /// A component exporting `wasi:http/incoming-handler`: a server.
+    /// A component exporting `wasi:http/incoming-handler@0.2.x`: a server,
+    /// one instance per request.
     Http(wasmtime_wasi_http::p2::bindings::ProxyPre<P2State>),
+    /// A component exporting `wasi:http/handler@0.3.x`: a server whose
+    /// instances each take several requests at once (see `http`).
+    Http3(wasmtime_wasi_http::p3::bindings::ServicePre<P2State>),
 }
 
 impl Program {
     /// Serves HTTP rather than running to completion.
     pub fn is_server(&self) -> bool {
-        matches!(self, Program::Http(_))
+        matches!(self, Program::Http(_) | Program::Http3(_))
+    }
+
+    /// What it is, as `wasmcell explain` and the logs name it.
+    pub fn world(&self) -> &'static str {
+        match self {
+            Program::Command(_) => "wasi:cli/command@0.2 (component)",
+            Program::Command3(_) => "wasi:cli/command@0.3 (component)",
+            Program::Module(_) => "WASI preview 1 command (core module)",
+            Program::Http(_) => "wasi:http/proxy@0.2 (component)",
+            Program::Http3(_) => "wasi:http/service@0.3 (component)",
+        }
     }
 }
 
@@ -132,6 +151,8 @@ impl Engine {
         config
             .epoch_interruption(true)
             .wasm_component_model(true)
+            // WASI 0.3: async lifts and lowers, streams and futures.
+            .wasm_component_model_async(true)
             .parallel_compilation(true)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
         let engine = wasmtime::Engine::new(&config).map_err(EngineError::setup)?;
@@ -140,6 +161,11 @@ impl Engine {
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(EngineError::setup)?;
         fsguard::guard_p2(&mut components).map_err(EngineError::setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components).map_err(EngineError::setup)?;
+        // WASI 0.3 in the same linker: a component may import both (Rust's
+        // std brings 0.2 imports into every 0.3 component it builds).
+        wasmtime_wasi::p3::add_to_linker(&mut components).map_err(EngineError::setup)?;
+        fsguard::guard_p3(&mut components).map_err(EngineError::setup)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut components).map_err(EngineError::setup)?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| &mut s.wasi)
             .map_err(EngineError::setup)?;
@@ -251,16 +277,24 @@ impl Engine {
         wasm: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>, EngineError>,
     ) -> Result<Program, EngineError> {
         let engine = &self.inner.engine;
+        // Whatever can be refused without compiling is refused first.
+        let checked = || {
+            let w = wasm()?;
+            if kind == WasmKind::Module {
+                imports::check_module(&w)?;
+            }
+            Ok::<_, EngineError>(w)
+        };
         let source = match (digest, &self.inner.cache) {
             (Some(d), Some(cache)) => {
-                let (artifact, outcome) = cache.get_or_compile(&d, kind, || self.compile(&wasm()?, kind))?;
+                let (artifact, outcome) = cache.get_or_compile(&d, kind, || self.compile(&checked()?, kind))?;
                 log::debug!("{kind:?}: compile cache {outcome:?}");
                 Source::Artifact(artifact)
             }
             _ if self.inner.compiler.is_some() => {
-                Source::Artifact(cache::Artifact::compiled(self.compile(&wasm()?, kind)?))
+                Source::Artifact(cache::Artifact::compiled(self.compile(&checked()?, kind)?))
             }
-            _ => Source::Wasm(wasm()?),
+            _ => Source::Wasm(checked()?),
         };
         match kind {
             WasmKind::Component => {
@@ -268,13 +302,25 @@ impl Engine {
                     Source::Artifact(a) => cache::load_component(engine, a)?,
                     Source::Wasm(w) => Component::new(engine, &**w).map_err(EngineError::compile)?,
                 };
-                let pre = self.inner.components.instantiate_pre(&component).map_err(EngineError::link)?;
-                // What it is comes from its exports, not its name.
+                let pre = self
+                    .inner
+                    .components
+                    .instantiate_pre(&component)
+                    .map_err(|e| EngineError::link(imports::explain(&self.inner.components, &component, e)))?;
+                // What it is comes from its exports, not its name; a
+                // handler wins over a command, and 0.3 over 0.2.
+                if let Ok(service) = wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
+                    return Ok(Program::Http3(service));
+                }
                 if let Ok(proxy) = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone()) {
                     return Ok(Program::Http(proxy));
                 }
+                if let Ok(cmd) = wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()) {
+                    return Ok(Program::Command3(cmd));
+                }
                 let cmd = CommandPre::new(pre).map_err(|_| EngineError::NoEntry {
-                    what: "component exports neither wasi:cli/run nor wasi:http/incoming-handler: nothing to run"
+                    what: "component exports none of wasi:cli/run (0.2.x or 0.3.x), wasi:http/incoming-handler \
+                           (0.2.x) or wasi:http/handler (0.3.x): nothing to run"
                         .into(),
                 })?;
                 Ok(Program::Command(cmd))

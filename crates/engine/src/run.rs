@@ -16,7 +16,7 @@ use wasmtime_wasi::I32Exit;
 
 use crate::ctx::{GuestConfig, GuestIo, P1State, P2State};
 use crate::fairshare::{Budget, FairShare};
-use crate::limiter::{GuestStats, MemoryLimiter};
+use crate::limiter::{max_handles, GuestStats, MemoryLimiter};
 use crate::{Engine, EngineError, Program};
 
 /// How a guest ended.
@@ -193,6 +193,33 @@ impl Engine {
         Ok(exit)
     }
 
+    /// A store for one component instance: the memory limiter, the handle
+    /// bound, and the epoch callback that yields, enforces the CPU quota
+    /// and shares.
+    pub(crate) fn component_store(
+        &self,
+        wasi: wasmtime_wasi::WasiCtx,
+        limiter: MemoryLimiter,
+        config: &GuestConfig,
+        stats: Arc<GuestStats>,
+        handles: usize,
+    ) -> Store<P2State> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(handles);
+        let state = P2State {
+            wasi,
+            table,
+            limiter,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: crate::ctx::HttpHooks { allow_outgoing: config.allows_outgoing() },
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
+        store
+    }
+
     async fn run_inner(
         &self,
         program: &Program,
@@ -204,24 +231,22 @@ impl Engine {
         let engine = &self.inner.engine;
         match program {
             Program::Command(pre) => {
-                let mut table = ResourceTable::new();
-                table.set_max_capacity(crate::limiter::max_handles());
-                let state = P2State {
-                    wasi: builder.build(),
-                    table,
-                    limiter,
-                    http: wasmtime_wasi_http::WasiHttpCtx::new(),
-                    hooks: crate::ctx::HttpHooks { allow_outgoing: config.allows_outgoing() },
-                };
-                let mut store = Store::new(engine, state);
-                store.limiter(|s| &mut s.limiter);
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
+                let mut store = self.component_store(builder.build(), limiter, config, stats, max_handles());
                 let cmd = pre.instantiate_async(&mut store).await?;
                 let out = cmd.wasi_cli_run().call_run(&mut store).await?;
                 Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
             }
-            Program::Http(_) => Err(wasmtime::Error::msg("an HTTP component is served with Engine::serve, not run")),
+            Program::Command3(pre) => {
+                let mut store = self.component_store(builder.build(), limiter, config, stats, max_handles());
+                let cmd = pre.instantiate_async(&mut store).await?;
+                // The store's event loop runs the guest's tasks too; `run`
+                // returning is the command's end, as `main` returning is.
+                let out = store.run_concurrent(async |a| cmd.wasi_cli_run().call_run(a).await).await??;
+                Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
+            }
+            Program::Http(_) | Program::Http3(_) => {
+                Err(wasmtime::Error::msg("an HTTP component is served with Engine::serve, not run"))
+            }
             Program::Module(pre) => {
                 let mut wasi = builder.build_p1();
                 wasmtime_wasi::WasiView::ctx(&mut wasi).table.set_max_capacity(crate::limiter::max_handles());

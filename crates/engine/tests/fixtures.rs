@@ -257,3 +257,116 @@ fn component_exit_with_code_reports_the_code() {
     let c = run(&e, &wasm, config(d.path(), &["x"]), Default::default());
     assert_eq!(c.exit.unwrap().status(), 3, "{}", c.stderr);
 }
+
+#[test]
+fn p3_command_gets_its_args_env_and_preopens_and_exits_with_its_code() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    std::fs::write(d.path().join("note.txt"), "hello p3\n").unwrap();
+    std::fs::create_dir(d.path().join("sub")).unwrap();
+    let argv = ["/p3-command.wasm", "args", "env", "preopens", "ls", "/", "read", "note.txt", "stderr", "to-err"];
+    let c = run(&e, &fixture("p3-command.wasm"), config(d.path(), &argv), Default::default());
+    assert_eq!(c.exit.as_ref().unwrap(), &Exit::Code(0), "{}\n{}", c.stdout, c.stderr);
+    assert!(c.stdout.contains("arg: read\n"), "{}", c.stdout);
+    // Exactly the configured environment.
+    let env: Vec<&str> = c.stdout.lines().filter(|l| l.starts_with("env ") && !l.contains(": ")).collect();
+    assert_eq!(env, ["env ONLY=this"], "{}", c.stdout);
+    let pre: Vec<&str> = c.stdout.lines().filter(|l| l.starts_with("preopen ")).collect();
+    assert_eq!(pre, ["preopen /"], "{}", c.stdout);
+    assert!(c.stdout.contains("ls /: ok note.txt,sub\n"), "{}", c.stdout);
+    assert!(c.stdout.contains("read note.txt: ok 9 bytes: hello p3\n"), "{}", c.stdout);
+    assert_eq!(c.stderr, "to-err\n");
+
+    let c = run(&e, &fixture("p3-command.wasm"), config(d.path(), &["x", "exit", "7"]), Default::default());
+    assert_eq!(c.exit.unwrap().status(), 7, "{}", c.stderr);
+    let c = run(&e, &fixture("p3-command.wasm"), config(d.path(), &["x", "read", "missing"]), Default::default());
+    assert_eq!(c.exit.unwrap().status(), 1, "{}", c.stdout);
+}
+
+#[test]
+fn p3_command_readonly_preopen_and_device_guard() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let mut cfg = config(d.path(), &["x", "write", "new.txt"]);
+    cfg.preopens[0].readonly = true;
+    let c = run(&e, &fixture("p3-command.wasm"), cfg, Default::default());
+    assert!(c.stdout.contains("write new.txt: denied"), "{}", c.stdout);
+    assert!(!d.path().join("new.txt").exists());
+    // A fifo is neither a file, a directory nor a symlink.
+    nix::unistd::mkfifo(&d.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let c = run(&e, &fixture("p3-command.wasm"), config(d.path(), &["x", "read", "fifo"]), Default::default());
+    assert!(
+        c.stdout.contains("read fifo: denied: ErrorCode::Access") || c.stdout.contains("read fifo: denied: Access"),
+        "{}",
+        c.stdout
+    );
+}
+
+#[test]
+fn p3_command_memory_cap_and_kill() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let stats = Arc::new(GuestStats::default());
+    stats.set_memory_cap(Some(32 << 20));
+    let c = run(&e, &fixture("p3-command.wasm"), config(d.path(), &["x", "alloc", "64"]), stats);
+    assert!(matches!(c.exit, Ok(Exit::OutOfMemory(_))), "{:?} {}", c.exit, c.stderr);
+}
+
+#[test]
+fn dropping_the_future_stops_a_p3_guest_busy_or_waiting() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for argv in [&["x", "spin"][..], &["x", "sleep", "600000"][..]] {
+        let cfg = config(d.path(), argv);
+        let stats = Arc::new(GuestStats::default());
+        let started = std::time::Instant::now();
+        let outcome = rt.block_on(async {
+            let run = e.run(&program, &cfg, GuestIo::default(), stats.clone());
+            tokio::time::timeout(std::time::Duration::from_millis(300), run).await
+        });
+        assert!(outcome.is_err(), "{argv:?}: cut off by the timeout");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{argv:?}: stopped promptly");
+    }
+}
+
+#[test]
+fn a_reactor_core_module_is_refused_before_compiling_with_its_imports_named() {
+    let e = Engine::new().unwrap();
+    // A large body (thousands of functions) that would take a while to
+    // compile; the refusal must come from reading it, not compiling it.
+    let funcs = "(func (result i32) (i32.const 1) (i32.const 2) i32.add) ".repeat(20000);
+    let wat = format!(
+        r#"(module (import "env" "js_log" (func)) (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             {funcs} (func (export "_initialize")))"#
+    );
+    let wasm = wat::parse_str(&wat).unwrap();
+    let started = std::time::Instant::now();
+    let err = e.prepare(&wasm, WasmKind::Module).err().expect("refused");
+    let took = started.elapsed();
+    let msg = err.to_string();
+    assert!(msg.contains("does not export a _start function"), "{msg}");
+    assert!(msg.contains("`env::js_log`") && !msg.contains("fd_write"), "{msg}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    // With `_start` but a foreign import: refused the same way, at link.
+    let module = wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#).unwrap();
+    let err = e.prepare(&module, WasmKind::Module).err().expect("refused");
+    assert!(err.to_string().contains("`env::nope`"), "{err}");
+}
+
+#[test]
+fn a_component_importing_unserved_interfaces_is_told_each_one() {
+    let e = Engine::new().unwrap();
+    let comp = wat::parse_str(
+        r#"(component
+             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "f" (func))))
+             (import "acme:db/query@1.0.0" (instance (export "g" (func))))
+             (import "wasi:cli/environment@0.3.0" (instance (export "get-environment" (func)))))"#,
+    )
+    .unwrap();
+    let msg = e.prepare(&comp, WasmKind::Component).err().expect("refused").to_string();
+    for name in ["`wasi:keyvalue/store@0.2.0-draft`", "`acme:db/query@1.0.0`", "WASI 0.3.x", "wasi:http"] {
+        assert!(msg.contains(name), "{name} not in: {msg}");
+    }
+}

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::watch;
-use wasmcell_engine::{Exit, Program};
+use wasmcell_engine::Exit;
 
 use crate::container::{Container, Workload};
 use crate::lifecycle::State;
@@ -86,8 +86,8 @@ impl TaskService {
             let (status, oom) = {
                 let run = async {
                     match (&c.workload, listener) {
-                        (Workload::Wasm { program: Program::Http(pre), config }, Some(l)) => {
-                            engine.serve(pre, config, io, stats, l, stop_rx, header_timeout).await
+                        (Workload::Wasm { program, config }, Some(l)) if program.is_server() => {
+                            engine.serve(program, config, io, stats, l, stop_rx, header_timeout).await
                         }
                         (Workload::Wasm { program, config }, _) => engine.run(program, config, io, stats).await,
                         // A sandbox runs until a signal ends it.
