@@ -166,6 +166,25 @@ fn cri_smoke(v: Version, clock: &mut Clock) {
     assert!(lines.contains(&("stdout".into(), "hello from wasmcell".into())), "{lines:?}");
     assert!(lines.contains(&("stdout".into(), "args: /hello.wasm from-cri".into())), "{lines:?}");
 
+    // A WASI 0.3 HTTP handler in the pod, at the pod IP; a trap is a 500
+    // and the next request is served; StopContainer drains it to exit 0.
+    let web = c
+        .create(
+            &pod,
+            &pod_cfg,
+            c.container_config("p3web", &["/p3-http.wasm"], &[("WASMCELL_HTTP_ADDR", "0.0.0.0:8080")]),
+        )
+        .expect("CreateContainer p3web");
+    c.start_container(&web).expect("StartContainer p3web");
+    let addr = format!("{_ip}:8080");
+    let (status, body) = wait_http(&addr, "/in-pod");
+    assert_eq!((status, body.as_str()), (200, "hello from p3 GET /in-pod\n"));
+    assert_eq!(wasmcell_e2e::http_get(&addr, "/trap").map(|r| r.0), Some(500));
+    assert_eq!(wasmcell_e2e::http_get(&addr, "/after").map(|r| r.0), Some(200));
+    c.stop_container(&web, 10).expect("StopContainer p3web");
+    assert_eq!(c.container_status(&web).unwrap().exit_code, 0);
+    c.remove_container(&web).expect("RemoveContainer p3web");
+
     c.remove_container(&hello).expect("RemoveContainer");
     c.stop_pod(&pod).expect("StopPodSandbox");
     c.remove_pod(&pod).expect("RemovePodSandbox");
