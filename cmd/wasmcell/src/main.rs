@@ -231,15 +231,29 @@ fn main() -> Result<()> {
                 Ok(g) => g,
                 Err(e) => bail!("this container would be refused: {e}"),
             };
+            // What the program runs as, when its file is in the rootfs: read
+            // from its exports and imports, not compiled.
+            let program = grants.root.host().and_then(|root| {
+                let entry = root.join(grants.program.entrypoint.trim_start_matches('/'));
+                std::fs::read(&entry).ok().map(|wasm| wasmcell_engine::describe(&wasm))
+            });
             if json {
-                let rows: Vec<_> = grants
+                let mut rows: Vec<_> = grants
                     .rows()
                     .into_iter()
                     .map(|r| serde_json::json!({"setting": r.setting, "value": r.value, "grant": r.grant}))
                     .collect();
+                if let Some(p) = &program {
+                    rows.push(
+                        serde_json::json!({"setting": "program", "value": grants.program.entrypoint, "grant": p}),
+                    );
+                }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{grants}");
+                if let Some(p) = program {
+                    println!("\nprogram {} runs as: {p}", grants.program.entrypoint);
+                }
             }
             Ok(())
         }

@@ -136,6 +136,68 @@ pub(crate) fn check_module(wasm: &[u8]) -> Result<(), crate::EngineError> {
     }
 }
 
+/// What a Wasm file would run as, read from its exports and imports without
+/// compiling it (for `wasmcell explain`): the world, and the imports wasmcell
+/// would refuse.
+pub fn describe(wasm: &[u8]) -> String {
+    let mut component = false;
+    let mut exports: Vec<String> = Vec::new();
+    let mut imports: Vec<String> = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let Ok(payload) = payload else { return "not valid WebAssembly".into() };
+        match payload {
+            wasmparser::Payload::Version { encoding, .. } => {
+                if depth == 0 {
+                    component = encoding == wasmparser::Encoding::Component;
+                }
+                depth += 1;
+            }
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(r) if depth == 1 => {
+                exports.extend(r.into_iter().flatten().map(|e| e.name.name.to_string()));
+            }
+            wasmparser::Payload::ComponentImportSection(r) if depth == 1 => {
+                imports.extend(r.into_iter().flatten().map(|i| i.name.name.to_string()));
+            }
+            wasmparser::Payload::ExportSection(r) if depth == 1 => {
+                exports.extend(r.into_iter().flatten().map(|e| e.name.to_string()));
+            }
+            wasmparser::Payload::ImportSection(r) if depth == 1 => {
+                imports.extend(r.into_imports().flatten().map(|i| format!("{}::{}", i.module, i.name)));
+            }
+            _ => {}
+        }
+    }
+    let has = |prefix: &str| exports.iter().find(|e| e.starts_with(prefix)).cloned();
+    let (world, refused): (String, Vec<String>) = if component {
+        let world = if let Some(e) = has("wasi:http/handler@0.3") {
+            format!("WASI 0.3 HTTP server ({e}), up to 16 requests per instance")
+        } else if let Some(e) = has("wasi:http/incoming-handler@0.2") {
+            format!("WASI 0.2 HTTP server ({e}), an instance per request")
+        } else if let Some(e) = has("wasi:cli/run@0.3") {
+            format!("WASI 0.3 command ({e})")
+        } else if let Some(e) = has("wasi:cli/run@0.2") {
+            format!("WASI 0.2 command ({e})")
+        } else {
+            "nothing: it exports no wasi:cli/run or HTTP handler (refused at create)".into()
+        };
+        (world, imports.into_iter().filter(|i| !family_served(i)).collect())
+    } else {
+        let world = if exports.iter().any(|e| e == "_start") {
+            "WASI preview 1 command (_start)".to_string()
+        } else {
+            "nothing: a core module without _start (refused at create)".to_string()
+        };
+        (world, imports.into_iter().filter(|i| !P1_MODULES.iter().any(|m| i.starts_with(&format!("{m}::")))).collect())
+    };
+    if refused.is_empty() {
+        world
+    } else {
+        format!("{world}; refused at create for its imports: {}", refused.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

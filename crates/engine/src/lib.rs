@@ -30,6 +30,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope, Tmpfs};
 pub use error::EngineError;
 pub use fairshare::DEFAULT_SHARES;
+pub use imports::describe;
 pub use limiter::{max_handles, set_max_handles, GuestStats, DEFAULT_MAX_HANDLES};
 pub use run::Exit;
 

@@ -379,3 +379,22 @@ fn a_component_importing_unserved_interfaces_is_told_each_one() {
         assert!(msg.contains(name), "{name} not in: {msg}");
     }
 }
+
+#[test]
+fn describe_names_the_world_without_compiling() {
+    let d = wasmcell_engine::describe;
+    assert!(
+        d(&fixture("p3-http.wasm")).starts_with("WASI 0.3 HTTP server (wasi:http/handler@0.3.0)"),
+        "{}",
+        d(&fixture("p3-http.wasm"))
+    );
+    assert!(d(&fixture("p3-command.wasm")).starts_with("WASI 0.3 command (wasi:cli/run@0.3.0)"));
+    assert!(d(&fixture("http.wasm")).starts_with("WASI 0.2 HTTP server"));
+    assert!(d(&fixture("hello.wasm")).starts_with("WASI 0.2 command"));
+    assert_eq!(d(&fixture("hello-p1.wasm")), "WASI preview 1 command (_start)");
+    let module = wat::parse_str(r#"(module (import "env" "f" (func)) (func (export "_initialize")))"#).unwrap();
+    assert_eq!(
+        d(&module),
+        "nothing: a core module without _start (refused at create); refused at create for its imports: env::f"
+    );
+}

@@ -26,10 +26,14 @@ fn explain_prints_the_grants_table_of_a_bundle() {
         }
     });
     std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+    // The program itself, a WASI 0.3 HTTP handler: named by its exports.
+    std::fs::create_dir(d.path().join("rootfs")).unwrap();
+    std::fs::copy(wasmcell_e2e::fixtures_dir().join("p3-http.wasm"), d.path().join("rootfs/app.wasm")).unwrap();
     let out = wasmcell(&["explain", d.path().to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
+        "program /app.wasm runs as: WASI 0.3 HTTP server (wasi:http/handler@0.3.0)",
         "runs /app.wasm from the rootfs",
         "preopened as / (read-only)",
         "preopened at /data (read-only)",
