@@ -16,7 +16,7 @@ SHIM      := $(RELEASE)/containerd-shim-wasmtime-v1
 CLI       := $(RELEASE)/wasmcell
 TEST_THREADS ?= 2
 
-.PHONY: all build deps containerd-versions test unit e2e demo bench fixtures install uninstall clean lint
+.PHONY: all build deps containerd-versions test unit e2e demo bench bench-http bench-peer fixtures install uninstall clean lint
 
 all: build
 
@@ -57,8 +57,19 @@ e2e: deps containerd-versions build
 demo: deps build
 	@bash test/scripts/demo.sh
 
-bench: deps build
+bench: deps build bench-http
 	@bash test/bench/run.sh
+
+## HTTP serving against its anchors in one run (see test/e2e/src/bin/bench-http.rs):
+## a native hyper server, `wasmtime serve` 48 (installed once into the bench
+## cache), runwasi (`make bench-peer RUNWASI_SRC=...` first; its row says why
+## when it is missing), wasmcell via ctr (p2 and p3 handlers) and in a CRI pod.
+bench-http: deps build
+	@bash test/bench/peer.sh wasmtime
+	@$(CARGO) run --release --locked -q -p wasmcell-e2e --bin bench-http
+
+bench-peer:
+	@bash test/bench/peer.sh runwasi
 
 ## STRESS_TASKS containers created, started, waited and deleted through
 ## containerd, STRESS_PARALLEL at a time (exits, traps, kills), checked for

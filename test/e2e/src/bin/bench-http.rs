@@ -1,0 +1,264 @@
+//! `make bench-http`: HTTP serving throughput of wasmcell against the best
+//! real anchors, in one run, with one handler and one load setting.
+//!
+//! Rows (all serve `test/fixtures/wasm/http.wasm`, the p2 hello handler,
+//! unless named otherwise; load is wrk on 127.0.0.1 or the pod IP):
+//!   (a) native   a hyper server answering the same bytes, no Wasm
+//!                (`wasmcell-http-baseline`): the HTTP stack's ceiling
+//!   (b) wasmtime `wasmtime serve` 48 (`$WASMTIME`, or the copy
+//!                `make bench-http` installs under the bench cache)
+//!   (c) runwasi  runwasi's `containerd-shim-wasmtime-v1`, built by
+//!                `make bench-peer` from `$RUNWASI_SRC` (`$RUNWASI_SHIM`)
+//!   (d) wasmcell through `ctr run -d --net-host`
+//!   (d3)         the same with the WASI 0.3 handler (`p3-http.wasm`)
+//!   (e) wasmcell in a CRI pod, at the pod IP
+//! For each: req/s at c=32 and c=1, p50 and p99 latency at c=32, and the
+//! server's CPU seconds per 1000 requests (from /proc/PID/stat). A row that
+//! cannot be had says why. Environment: BENCH_HTTP_SECS (default 5).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wasmcell_e2e::cri::Cri;
+use wasmcell_e2e::wait::{free_port, wait_http};
+use wasmcell_e2e::{fixtures_dir, target_dir, Containerd};
+
+#[derive(Default, Clone)]
+struct Row {
+    name: String,
+    rps32: f64,
+    rps1: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_per_k: f64,
+    missing: Option<String>,
+}
+
+/// utime + stime of a process (all its threads), in seconds.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    (ticks(11) + ticks(12))
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+}
+
+/// Runs wrk; returns (req/s, p50 ms, p99 ms, requests).
+fn wrk(addr: &str, conns: u32, secs: u64) -> (f64, f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", &format!("http://{addr}/bench")])
+        .output()
+        .expect("wrk (Debian package wrk) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms = |v: &str| -> f64 {
+        let (num, unit): (String, String) = v.chars().partition(|c| c.is_ascii_digit() || *c == '.');
+        let n: f64 = num.parse().unwrap_or(0.0);
+        match unit.as_str() {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => n,
+        }
+    };
+    let mut rps = 0.0;
+    let (mut p50, mut p99, mut n) = (0.0, 0.0, 0.0);
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["Requests/sec:", v] => rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => p50 = ms(v),
+            ["99%", v] => p99 = ms(v),
+            [count, "requests", "in", ..] => n = count.parse().unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    (rps, p50, p99, n)
+}
+
+/// Measures the server at `addr`, whose work is done by process `pid`.
+fn measure(name: &str, addr: &str, pid: i32, secs: u64) -> Row {
+    wait_http(addr, "/bench");
+    wrk(addr, 32, 1); // warm-up: compiled code paged in, pools filled
+    let cpu0 = cpu_secs(pid);
+    let (rps32, p50_ms, p99_ms, n) = wrk(addr, 32, secs);
+    let cpu1 = cpu_secs(pid);
+    let (rps1, ..) = wrk(addr, 1, secs);
+    let cpu_per_k = if n > 0.0 { (cpu1 - cpu0) / (n / 1000.0) } else { 0.0 };
+    eprintln!("bench-http: {name}: {rps32:.0} req/s at c=32, {rps1:.0} at c=1");
+    Row { name: name.into(), rps32, rps1, p50_ms, p99_ms, cpu_per_k, missing: None }
+}
+
+fn missing(name: &str, why: String) -> Row {
+    eprintln!("bench-http: {name}: NOT MEASURED: {why}");
+    Row { name: name.into(), missing: Some(why), ..Default::default() }
+}
+
+/// Kills a child and reaps it when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(std::env::var("WASMCELL_BENCH_CACHE").unwrap_or_else(|_| "/var/cache/wasmcell/bench".into()))
+}
+
+fn native(secs: u64) -> Row {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let bin = target_dir().join("wasmcell-http-baseline");
+    let child = match Command::new(&bin).arg(&addr).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(c) => Reaped(c),
+        Err(e) => return missing("(a) native hyper, no Wasm", format!("{}: {e}", bin.display())),
+    };
+    measure("(a) native hyper, no Wasm", &addr, child.0.id() as i32, secs)
+}
+
+fn wasmtime_serve(secs: u64) -> Row {
+    let name = "(b) wasmtime serve 48";
+    let bin = std::env::var("WASMTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| cache_dir().join("wasmtime-48.0.8/bin/wasmtime"));
+    if !bin.exists() {
+        return missing(name, format!("{} not found (make bench-http installs it with cargo install)", bin.display()));
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let wasm = fixtures_dir().join("http.wasm");
+    let child = match Command::new(&bin)
+        .args(["serve", "--addr", &addr])
+        .arg(&wasm)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => Reaped(c),
+        Err(e) => return missing(name, format!("{}: {e}", bin.display())),
+    };
+    measure(name, &addr, child.0.id() as i32, secs)
+}
+
+fn task_pid(c: &Containerd, id: &str) -> i32 {
+    let ls = c.ctr(&["task", "ls"]);
+    ls.stdout
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.first() == Some(&id)).then(|| w.get(1).and_then(|p| p.parse().ok())).flatten()
+        })
+        .unwrap_or_else(|| panic!("no task {id}: {}", ls.stdout))
+}
+
+fn runwasi(secs: u64) -> Row {
+    let name = "(c) runwasi containerd-shim-wasmtime";
+    let shim = std::env::var("RUNWASI_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| cache_dir().join("runwasi/bin/containerd-shim-wasmtime-v1"));
+    if !shim.exists() {
+        return missing(name, format!("{} not found: run `make bench-peer RUNWASI_SRC=...`", shim.display()));
+    }
+    // The same runtime name as wasmcell: under another name for this run.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&shim, dir.path().join("containerd-shim-runwasi-v1")).unwrap();
+    let path =
+        format!("{}:{}:{}", dir.path().display(), target_dir().display(), std::env::var("PATH").unwrap_or_default());
+    let c = Containerd::start_with_env(&[("PATH", &path)]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = format!("WASMTIME_HTTP_PROXY_SOCKET_ADDR={addr}");
+    let r = c.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--net-host",
+        "--platform",
+        "wasi/wasm",
+        "--runtime",
+        "io.containerd.runwasi.v1",
+        "--env",
+        &env,
+        wasmcell_e2e::FIXTURES_IMAGE,
+        "runwasi-http",
+        "/http.wasm",
+    ]);
+    if r.code != Some(0) {
+        return missing(name, format!("ctr run failed: {}", r.stderr.trim()));
+    }
+    let row = measure(name, &addr, task_pid(&c, "runwasi-http"), secs);
+    c.ctr(&["task", "kill", "-s", "SIGKILL", "runwasi-http"]);
+    std::thread::sleep(Duration::from_millis(500));
+    c.ctr(&["task", "delete", "runwasi-http"]);
+    c.ctr(&["containers", "rm", "runwasi-http"]);
+    row
+}
+
+fn wasmcell_ctr(name: &str, wasm: &str, secs: u64) -> Row {
+    let c = Containerd::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = format!("WASMCELL_HTTP_ADDR={addr}");
+    c.run_detached("wasmcell-http", &["--null-io", "--net-host", "--env", &env], &[wasm]).ok();
+    c.wait_status("wasmcell-http", "RUNNING");
+    let row = measure(name, &addr, task_pid(&c, "wasmcell-http"), secs);
+    c.kill_and_delete("wasmcell-http", "SIGKILL");
+    c.stop_and_check_clean();
+    row
+}
+
+fn wasmcell_cri(secs: u64) -> Row {
+    let name = "(e) wasmcell, CRI pod";
+    let c = Cri::start();
+    let pod_cfg = c.pod_config("bench");
+    let (pod, ip) = c.run_ready_pod(&pod_cfg);
+    let web = c
+        .create(&pod, &pod_cfg, c.container_config("web", &["/http.wasm"], &[("WASMCELL_HTTP_ADDR", "0.0.0.0:8080")]))
+        .expect("CreateContainer");
+    c.start_container(&web).expect("StartContainer");
+    let shim = c.shim_pids()[0];
+    let row = measure(name, &format!("{ip}:8080"), shim, secs);
+    c.remove_pod_and(&pod, &[&web]);
+    c.stop_and_check_clean();
+    row
+}
+
+fn main() {
+    let secs: u64 = std::env::var("BENCH_HTTP_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    assert!(Path::new("/usr/bin/wrk").exists(), "wrk is missing: apt-get install wrk");
+    let rows = [
+        native(secs),
+        wasmtime_serve(secs),
+        runwasi(secs),
+        wasmcell_ctr("(d) wasmcell, ctr --net-host", "/http.wasm", secs),
+        wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", secs),
+        wasmcell_cri(secs),
+    ];
+    println!();
+    println!("HTTP hello handler, {secs} s per point, wrk -t1 on this machine:");
+    println!(
+        "{:40} {:>9} {:>8} {:>8} {:>8} {:>9}  {:>8} {:>8} {:>8}",
+        "server", "req/s c32", "req/s c1", "p50 ms", "p99 ms", "CPU s/1k", "/native", "/wt-serve", "/runwasi"
+    );
+    let base = |i: usize| rows[i].missing.is_none().then_some(rows[i].rps32);
+    for r in &rows {
+        if let Some(why) = &r.missing {
+            println!("{:40} NOT MEASURED: {why}", r.name);
+            continue;
+        }
+        let ratio = |b: Option<f64>| b.filter(|b| *b > 0.0).map_or("-".to_string(), |b| format!("{:.2}x", r.rps32 / b));
+        println!(
+            "{:40} {:>9.0} {:>8.0} {:>8.2} {:>8.2} {:>9.3}  {:>8} {:>8} {:>8}",
+            r.name,
+            r.rps32,
+            r.rps1,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_per_k,
+            ratio(base(0)),
+            ratio(base(1)),
+            ratio(base(2))
+        );
+    }
+}
