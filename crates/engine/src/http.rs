@@ -308,10 +308,22 @@ impl Engine {
             .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok())
             .map(|tx| Arc::new(Mutex::new(tx)));
         let concurrency = config.limits.instances.map_or(DEFAULT_CONCURRENCY, |n| n as usize).max(1);
+        // A handler that does not import `wasi:filesystem` cannot reach its
+        // preopens: its instances are built without them, which saves an
+        // open and a close of every preopened directory per request.
+        let component = match program {
+            Program::Http(pre) => pre.instance_pre().component().clone(),
+            Program::Http3(pre) => pre.instance_pre().component().clone(),
+            _ => unreachable!("checked above"),
+        };
+        let mut config = config.clone();
+        if !component.component_type().imports(self.wasmtime()).any(|(name, _)| name.starts_with("wasi:filesystem/")) {
+            config.preopens.clear();
+        }
         let server = Arc::new(Server {
             engine: self.clone(),
             handler,
-            config: config.clone(),
+            config,
             stats: stats.clone(),
             stdout: shared(io.stdout)?,
             stderr: shared(io.stderr)?,

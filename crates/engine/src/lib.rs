@@ -96,6 +96,12 @@ impl Program {
     }
 }
 
+/// Bytes of a pooled linear memory slot kept mapped and zeroed in place
+/// between instances.
+const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
+/// The same for a table slot.
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+
 /// The pooling instance allocator: an HTTP component gets a fresh instance
 /// per request, and pooling makes that an index allocation plus a reset of
 /// pages already mapped, instead of an mmap/munmap of a multi-GiB
@@ -122,7 +128,14 @@ fn pooling() -> wasmtime::PoolingAllocationConfig {
         .table_elements(1 << 20)
         // wasm32's whole range: the container's memory limit, not the slot,
         // is what bounds a guest.
-        .max_memory_size(4 << 30);
+        .max_memory_size(4 << 30)
+        // A slot's first pages are reset by writing zeros rather than by
+        // madvise(DONTNEED): no syscall, no refault of the pages, and no TLB
+        // shootdown of the other cores per instance (issue 15's profile:
+        // decommit, faults and shootdowns were over half the shim's CPU).
+        // Beyond these sizes (a guest that grew large) madvise is cheaper.
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_TABLE);
     p
 }
 
