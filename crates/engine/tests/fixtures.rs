@@ -398,3 +398,47 @@ fn describe_names_the_world_without_compiling() {
         "nothing: a core module without _start (refused at create); refused at create for its imports: env::f"
     );
 }
+
+#[test]
+fn p3_command_is_held_to_its_cpu_quota() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component).unwrap();
+    let cfg = config(d.path(), &["x", "spin"]);
+    let stats = Arc::new(GuestStats::default());
+    stats.set_cpu_quota(Some(wasmcell_grants::CpuQuota { quota_us: 20_000, period_us: 100_000 }));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let outcome = rt.block_on(async {
+        let run = e.run(&program, &cfg, GuestIo::default(), stats.clone());
+        tokio::time::timeout(std::time::Duration::from_millis(1500), run).await
+    });
+    assert!(outcome.is_err(), "spins until cut off");
+    // 0.2 of a core for 1.5 s, plus one period of burst: 0.32 s; unthrottled
+    // it would be about 1.5 s.
+    let used = stats.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
+    assert!(used < 0.6, "a p3 guest under a 0.2-core quota used {used:.2} s of CPU in 1.5 s");
+    assert!(used > 0.1, "it ran: {used:.2} s");
+}
+
+/// A component built against a newer 0.3 patch release (0.3.2 adds no
+/// items, only version strings) links against the 0.3.0 host.
+#[test]
+fn a_newer_wasi_0_3_patch_version_links() {
+    const WAT: &str = r#"
+(component
+  (import "wasi:random/random@0.3.2" (instance $r (export "get-random-u64" (func (result u64)))))
+  (core func $rand (canon lower (func $r "get-random-u64")))
+  (core module $m
+    (import "host" "rand" (func $rand (result i64)))
+    (func (export "run") (result i32) (drop (call $rand)) (i32.const 0)))
+  (core instance $i (instantiate $m (with "host" (instance (export "rand" (func $rand))))))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $out (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $out)))
+"#;
+    let wasm = wat::parse_str(WAT).unwrap();
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let c = run(&e, &wasm, config(d.path(), &["x"]), Default::default());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0), "{}", c.stderr);
+}
