@@ -31,6 +31,11 @@ case "${1:-}" in
       log "RUNWASI_SRC is not set: give a checkout (or git URL) of https://github.com/containerd/runwasi"
       exit 1
     fi
+    # runwasi's libcontainer needs libseccomp >= 2.5 found by pkg-config
+    # (else it fails on `get_notify_fd`).
+    for pkg in libseccomp-dev pkg-config protobuf-compiler; do
+      dpkg -s "$pkg" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null
+    done
     src="$CACHE/runwasi/src"
     rm -rf "$src"; mkdir -p "$CACHE/runwasi/bin"
     git clone --quiet "$RUNWASI_SRC" "$src"
