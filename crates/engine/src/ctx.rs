@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use wasmcell_grants::{DirSource, Grants, Limits};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -221,13 +222,56 @@ impl GuestConfig {
             b.stdin(AsyncStdinStream::new(rx));
         }
         if let Some(fd) = io.stdout {
-            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd).map_err(|e| ctx_err("stdout", e))?;
-            b.stdout(AsyncStdoutStream::new(64 * 1024, tx));
+            b.stdout(GuestOut::new(fd).map_err(|e| ctx_err("stdout", e))?);
         }
         if let Some(fd) = io.stderr {
-            let tx = tokio::net::unix::pipe::Sender::from_owned_fd(fd).map_err(|e| ctx_err("stderr", e))?;
-            b.stderr(AsyncStdoutStream::new(64 * 1024, tx));
+            b.stderr(GuestOut::new(fd).map_err(|e| ctx_err("stderr", e))?);
         }
         Ok(b)
+    }
+}
+
+/// A guest's stdout or stderr: a pipe to the shim's copier.
+///
+/// WASI 0.2 writes go through Wasmtime's buffered stream (its
+/// `blocking-write-and-flush` waits until the bytes are in the pipe). WASI
+/// 0.3 writes (`write-via-stream`) go straight into the pipe: the buffered
+/// stream's writer task would be dropped with the store, and the last bytes
+/// of a guest that returns right after writing with them (seen: a p3
+/// command's whole output, now and then).
+#[derive(Clone)]
+pub(crate) struct GuestOut {
+    p2: std::sync::Arc<AsyncStdoutStream>,
+    fd: std::sync::Arc<OwnedFd>,
+}
+
+impl GuestOut {
+    /// Must be called inside a tokio runtime.
+    pub(crate) fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        let p2_end = fd.try_clone()?;
+        let tx = tokio::net::unix::pipe::Sender::from_owned_fd(p2_end)?;
+        Ok(GuestOut { p2: std::sync::Arc::new(AsyncStdoutStream::new(64 * 1024, tx)), fd: std::sync::Arc::new(fd) })
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOut {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOut {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        self.p2.p2_stream()
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        match self.fd.try_clone().and_then(tokio::net::unix::pipe::Sender::from_owned_fd) {
+            Ok(tx) => Box::new(tx),
+            Err(e) => {
+                log::warn!("guest output: {e}; writing through the buffered stream");
+                self.p2.async_stream()
+            }
+        }
     }
 }

@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Mutex, Semaphore};
 use wasmtime::Store;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -44,31 +43,11 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One output stream shared by every request's instance (the container has
 /// one stdout and one stderr, whatever the number of instances).
-#[derive(Clone)]
-struct SharedOut(Arc<wasmtime_wasi::cli::AsyncStdoutStream>);
-
-impl IsTerminal for SharedOut {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for SharedOut {
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        self.0.async_stream()
-    }
-    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
-        self.0.p2_stream()
-    }
-}
+type SharedOut = crate::ctx::GuestOut;
 
 fn shared(fd: Option<OwnedFd>) -> Result<Option<SharedOut>, EngineError> {
-    fd.map(|fd| {
-        tokio::net::unix::pipe::Sender::from_owned_fd(fd)
-            .map(|tx| SharedOut(Arc::new(wasmtime_wasi::cli::AsyncStdoutStream::new(64 * 1024, tx))))
-            .map_err(|e| EngineError::Context { what: "stdio".into(), reason: e.to_string() })
-    })
-    .transpose()
+    fd.map(|fd| SharedOut::new(fd).map_err(|e| EngineError::Context { what: "stdio".into(), reason: e.to_string() }))
+        .transpose()
 }
 
 /// What serves the requests.
