@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use wasmcell_e2e::cri::Cri;
-use wasmcell_e2e::wait::{free_port, wait_http};
+use wasmcell_e2e::wait::free_port;
 use wasmcell_e2e::{fixtures_dir, target_dir, Containerd};
 
 #[derive(Default, Clone)]
@@ -80,7 +80,9 @@ fn wrk(addr: &str, conns: u32, secs: u64) -> (f64, f64, f64, f64) {
 
 /// Measures the server at `addr`, whose work is done by process `pid`.
 fn measure(name: &str, addr: &str, pid: i32, secs: u64) -> Row {
-    wait_http(addr, "/bench");
+    if wasmcell_e2e::wait::poll(600, || wasmcell_e2e::http_get(addr, "/bench")).is_none() {
+        return missing(name, format!("nothing answered at {addr}"));
+    }
     wrk(addr, 32, 1); // warm-up: compiled code paged in, pools filled
     let cpu0 = cpu_secs(pid);
     let (rps32, p50_ms, p99_ms, n) = wrk(addr, 32, secs);
@@ -131,7 +133,8 @@ fn wasmtime_serve(secs: u64) -> Row {
     let addr = format!("127.0.0.1:{}", free_port());
     let wasm = fixtures_dir().join("http.wasm");
     let child = match Command::new(&bin)
-        .args(["serve", "--addr", &addr])
+        // -Scli: the fixture, like most Rust handlers, also imports wasi:cli.
+        .args(["serve", "-Scli", "--addr", &addr])
         .arg(&wasm)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
