@@ -121,20 +121,6 @@ fn release_at_least(release: &str, min: (u32, u32)) -> bool {
     matches!((parts.next(), parts.next()), (Some(major), Some(minor)) if (major, minor) >= min)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn kernel_release_comparison() {
-        use super::release_at_least as at_least;
-        assert!(at_least("6.18.44-fc-v657", (6, 7)));
-        assert!(at_least("6.7.0", (6, 7)));
-        assert!(at_least("7.0.1", (6, 7)));
-        assert!(!at_least("6.1.0-28-amd64", (6, 7)));
-        assert!(!at_least("5.15.0", (6, 7)));
-        assert!(!at_least("garbage", (6, 7)));
-    }
-}
-
 /// The pooling instance allocator: an HTTP component gets a fresh instance
 /// per request, and pooling makes that an index allocation plus a reset of
 /// pages already mapped, instead of an mmap/munmap of a multi-GiB
@@ -396,5 +382,19 @@ impl Engine {
                 Ok(Program::Module(pre))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_release_comparison() {
+        use super::release_at_least as at_least;
+        assert!(at_least("6.18.44-fc-v657", (6, 7)));
+        assert!(at_least("6.7.0", (6, 7)));
+        assert!(at_least("7.0.1", (6, 7)));
+        assert!(!at_least("6.1.0-28-amd64", (6, 7)));
+        assert!(!at_least("5.15.0", (6, 7)));
+        assert!(!at_least("garbage", (6, 7)));
     }
 }
