@@ -70,6 +70,18 @@ struct Server {
     requests: Semaphore,
     /// The bound on requests handled at once.
     concurrency: usize,
+    /// Turns true when serving has ended (stopped or killed): instances
+    /// still running then, on their own tasks, end too.
+    ended: watch::Receiver<bool>,
+}
+
+/// Tells every instance task that serving has ended, however it ends.
+struct Ended(watch::Sender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
 }
 
 fn text(status: u16, body: &str) -> hyper::Response<WasiBody> {
@@ -132,10 +144,17 @@ impl Server {
         // The instance runs on its own task so the body can keep streaming
         // after the response head is returned.
         let metered = stats.clone();
+        let mut ended = self.ended.clone();
         let task = tokio::spawn(Metered::new(
             async move {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                let run = async {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                };
+                tokio::select! {
+                    r = run => r,
+                    _ = stopped(&mut ended) => Err(wasmtime::Error::msg("the server stopped")),
+                }
             },
             metered,
         ));
@@ -287,6 +306,7 @@ impl Engine {
             .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok())
             .map(|tx| Arc::new(Mutex::new(tx)));
         let concurrency = config.limits.instances.map_or(DEFAULT_CONCURRENCY, |n| n as usize).max(1);
+        let (end_tx, end_rx) = watch::channel(false);
         // A handler that does not import `wasi:filesystem` cannot reach its
         // preopens: its instances are built without them, which saves an
         // open and a close of every preopened directory per request.
@@ -309,9 +329,15 @@ impl Engine {
             notes,
             requests: Semaphore::new(concurrency),
             concurrency,
+            ended: end_rx,
         });
+        let _ended = Ended(end_tx);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let _reporter = Reporter(tokio::spawn(report(stats.clone())));
+        let _stopper = match &server.handler {
+            Handler::P3(pool) => Some(crate::http3::Stopper(pool.clone())),
+            Handler::P2(_) => None,
+        };
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let Ok(permit) = connections.clone().acquire_owned().await else { break };

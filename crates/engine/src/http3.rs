@@ -82,9 +82,16 @@ pub(crate) struct Pool {
     parallel: usize,
 }
 
-impl Drop for Pool {
+/// Ends every instance of the pool when serving ends, however it ends (a
+/// stop after the drain, or a kill dropping the server): the instances'
+/// tasks hold the pool themselves, so its own drop would come too late for
+/// a guest that never idles.
+pub(crate) struct Stopper(pub(crate) Arc<Pool>);
+
+impl Drop for Stopper {
     fn drop(&mut self) {
-        for t in self.tasks.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        self.0.workers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for t in self.0.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             t.abort();
         }
     }

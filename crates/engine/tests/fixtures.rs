@@ -442,3 +442,51 @@ fn a_newer_wasi_0_3_patch_version_links() {
     let c = run(&e, &wasm, config(d.path(), &["x"]), Default::default());
     assert_eq!(c.exit.unwrap(), Exit::Code(0), "{}", c.stderr);
 }
+
+/// A server that is dropped (a kill) ends the instances still handling
+/// requests, 0.2 (an instance task per request) and 0.3 (pooled instances)
+/// alike: in a pod's shim they would otherwise keep running after their
+/// container is gone. Every instance holds the container's stats, so the
+/// count of their holders says when all have ended.
+#[test]
+fn a_dropped_server_ends_its_running_instances() {
+    use std::io::Write;
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    for wasm in ["http.wasm", "p3-http.wasm"] {
+        let program = e.prepare(&fixture(wasm), WasmKind::Component).unwrap();
+        let cfg = config(d.path(), &["/x.wasm"]);
+        let stats = Arc::new(GuestStats::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut client = None;
+        rt.block_on(async {
+            let serve = e.serve(
+                &program,
+                &cfg,
+                GuestIo::default(),
+                stats.clone(),
+                listener,
+                stop_rx,
+                std::time::Duration::from_secs(10),
+            );
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /slow?ms=20000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            client = Some(s);
+            let out = tokio::time::timeout(std::time::Duration::from_millis(800), serve).await;
+            assert!(out.is_err(), "{wasm}: still serving when dropped");
+        });
+        let mut holders = Arc::strong_count(&stats);
+        for _ in 0..100 {
+            if holders == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            holders = Arc::strong_count(&stats);
+        }
+        assert_eq!(holders, 1, "{wasm}: instances still alive after the server was dropped");
+        drop(rt);
+    }
+}
