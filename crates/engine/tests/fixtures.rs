@@ -490,3 +490,70 @@ fn a_dropped_server_ends_its_running_instances() {
         drop(rt);
     }
 }
+
+/// Many requests at once under a memory limit: the instances' memories
+/// together never go over it (the limiter's charge is atomic across
+/// instances), requests that do not fit fail alone, and the server keeps
+/// serving. 0.2 (an instance per request) and 0.3 (shared instances).
+#[test]
+fn concurrent_requests_never_exceed_the_memory_cap() {
+    use std::io::{Read, Write};
+    const CAP: u64 = 6 << 20;
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    for wasm in ["http.wasm", "p3-http.wasm"] {
+        let program = e.prepare(&fixture(wasm), WasmKind::Component).unwrap();
+        let mut cfg = config(d.path(), &["/x.wasm"]);
+        cfg.limits.memory_bytes = Some(CAP);
+        let stats = Arc::new(GuestStats::for_limits(&cfg.limits));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let statuses = rt.block_on(async {
+            let serve = tokio::spawn({
+                let (e, program, cfg, stats) = (e.clone(), program.clone(), cfg.clone(), stats.clone());
+                async move {
+                    e.serve(
+                        &program,
+                        &cfg,
+                        GuestIo::default(),
+                        stats,
+                        listener,
+                        stop_rx,
+                        std::time::Duration::from_secs(10),
+                    )
+                    .await
+                }
+            });
+            let clients: Vec<_> = (0..32)
+                .map(|_| {
+                    tokio::task::spawn_blocking(move || {
+                        let mut s = std::net::TcpStream::connect(addr).ok()?;
+                        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).ok()?;
+                        s.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+                        let mut out = String::new();
+                        s.read_to_string(&mut out).ok()?;
+                        out.split_whitespace().nth(1)?.parse::<u16>().ok()
+                    })
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for c in clients {
+                statuses.push(c.await.unwrap());
+            }
+            let _ = stop_tx.send(true);
+            let _ = serve.await;
+            statuses
+        });
+        let max = stats.memory_max_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(max <= CAP, "{wasm}: the instances together reached {max} bytes, over the {CAP}-byte cap");
+        assert!(statuses.iter().any(|s| *s == Some(200)), "{wasm}: some requests fit: {statuses:?}");
+        assert!(statuses.iter().all(|s| matches!(s, Some(200) | Some(500))), "{wasm}: {statuses:?}");
+        if wasm == "http.wasm" {
+            // 32 instances of about 1.1 MiB cannot all be live under 6 MiB:
+            // the cap was what bounded them.
+            assert!(statuses.contains(&Some(500)), "{wasm}: the cap never bound: {statuses:?}");
+        }
+    }
+}
