@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use wasmcell_grants::{DirSource, Grants, Limits};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
-
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 

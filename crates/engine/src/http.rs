@@ -206,19 +206,8 @@ impl Server {
 }
 
 impl crate::http3::Host for Server {
-    fn store(&self) -> Store<P2State> {
-        // The builder fails only on preopens, which Create checked.
-        Server::store(self).unwrap_or_else(|e| {
-            log::warn!("http: {e}; the instance gets no filesystem");
-            let mut b = wasmtime_wasi::WasiCtxBuilder::new();
-            self.engine.component_store(
-                b.build(),
-                MemoryLimiter::new(self.stats.clone()),
-                &self.config,
-                self.stats.clone(),
-                256,
-            )
-        })
+    fn store(&self) -> Result<Store<P2State>, EngineError> {
+        Server::store(self)
     }
 
     fn spawn(&self, task: Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> tokio::task::AbortHandle {
@@ -291,9 +280,9 @@ impl Engine {
         header_timeout: Duration,
     ) -> Result<Exit, EngineError> {
         // The live limits are `stats`' (see `Engine::run`).
-        let handler = match program {
-            Program::Http(pre) => Handler::P2(pre.clone()),
-            Program::Http3(pre) => Handler::P3(crate::http3::Pool::new(pre.clone())),
+        let (handler, component) = match program {
+            Program::Http(pre) => (Handler::P2(pre.clone()), pre.instance_pre().component()),
+            Program::Http3(pre) => (Handler::P3(crate::http3::Pool::new(pre.clone())), pre.instance_pre().component()),
             _ => return Err(EngineError::NoEntry { what: "not an HTTP handler: it runs, it is not served".into() }),
         };
         let ctx_err = |e: std::io::Error| EngineError::Context { what: "listener".into(), reason: e.to_string() };
@@ -310,11 +299,6 @@ impl Engine {
         // A handler that does not import `wasi:filesystem` cannot reach its
         // preopens: its instances are built without them, which saves an
         // open and a close of every preopened directory per request.
-        let component = match program {
-            Program::Http(pre) => pre.instance_pre().component().clone(),
-            Program::Http3(pre) => pre.instance_pre().component().clone(),
-            _ => unreachable!("checked above"),
-        };
         let mut config = config.clone();
         if !component.component_type().imports(self.wasmtime()).any(|(name, _)| name.starts_with("wasi:filesystem/")) {
             config.preopens.clear();

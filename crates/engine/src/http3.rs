@@ -66,7 +66,7 @@ struct Worker {
 /// its limits and stdio) and the task wrapper (CPU metering, tick).
 pub(crate) trait Host: Send + Sync + 'static {
     /// A fresh store for one instance.
-    fn store(&self) -> wasmtime::Store<P2State>;
+    fn store(&self) -> Result<wasmtime::Store<P2State>, crate::EngineError>;
     /// Runs an instance's task (on the caller's runtime).
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send>>) -> tokio::task::AbortHandle;
     /// The shim's word on an instance that ended in a trap.
@@ -166,13 +166,16 @@ impl Pool {
         first: Job,
         mut jobs: mpsc::UnboundedReceiver<Job>,
     ) {
-        let mut store = host.store();
-        let service = match self.pre.instantiate_async(&mut store).await {
-            Ok(s) => s,
+        let instance = async {
+            let mut store = host.store()?;
+            let service = self.pre.instantiate_async(&mut store).await?;
+            wasmtime::Result::<_>::Ok((store, service))
+        };
+        let (mut store, service) = match instance.await {
+            Ok(i) => i,
             Err(e) => {
                 self.retire(&worker);
                 jobs.close();
-                let e = Arc::new(e);
                 let _ = first.reply.send(Err(wasmtime::format_err!("cannot instantiate: {e:#}")));
                 while let Ok(job) = jobs.try_recv() {
                     let _ = job.reply.send(Err(wasmtime::format_err!("cannot instantiate: {e:#}")));

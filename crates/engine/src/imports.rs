@@ -76,38 +76,69 @@ pub(crate) fn explain<T: 'static>(linker: &Linker<T>, component: &Component, err
 /// The import modules a core module may use: WASI preview 1.
 const P1_MODULES: &[&str] = &["wasi_snapshot_preview1"];
 
-/// Refuses, before any compile, a core module that cannot run as a WASI
-/// command: one without a `_start` function (a reactor or library build,
-/// often made for a JavaScript host), or one importing from modules no WASI
-/// host provides. Reading imports and exports takes milliseconds even for a
-/// large module; compiling it can take half a minute. Malformed modules are
-/// left to the compiler, which says where they are malformed.
-pub(crate) fn check_module(wasm: &[u8]) -> Result<(), crate::EngineError> {
-    let mut foreign: Vec<String> = Vec::new();
-    let mut start = false;
+/// A Wasm file's top-level exports and imports, read without compiling it.
+struct Shape {
+    component: bool,
+    /// Export names.
+    exports: Vec<String>,
+    /// A core module exports a `_start` function.
+    start: bool,
+    /// A component's import names.
+    imports: Vec<String>,
+    /// A core module's imports from modules no WASI host provides, as
+    /// `module::name`.
+    foreign: Vec<String>,
+}
+
+/// `None` when the file does not parse (the compiler says where).
+fn shape(wasm: &[u8]) -> Option<Shape> {
+    let mut s = Shape { component: false, exports: Vec::new(), start: false, imports: Vec::new(), foreign: Vec::new() };
+    let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let Ok(payload) = payload else { return Ok(()) };
-        match payload {
-            // Not a core module after all: the compiler says so.
-            wasmparser::Payload::Version { encoding: wasmparser::Encoding::Component, .. } => return Ok(()),
-            wasmparser::Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    let Ok(i) = import else { return Ok(()) };
-                    if !P1_MODULES.contains(&i.module) {
-                        foreign.push(format!("{}::{}", i.module, i.name));
-                    }
+        match payload.ok()? {
+            wasmparser::Payload::Version { encoding, .. } => {
+                if depth == 0 {
+                    s.component = encoding == wasmparser::Encoding::Component;
+                }
+                depth += 1;
+            }
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentExportSection(r) if depth == 1 => {
+                s.exports.extend(r.into_iter().flatten().map(|e| e.name.name.to_string()));
+            }
+            wasmparser::Payload::ComponentImportSection(r) if depth == 1 => {
+                s.imports.extend(r.into_iter().flatten().map(|i| i.name.name.to_string()));
+            }
+            wasmparser::Payload::ExportSection(r) if depth == 1 => {
+                for e in r {
+                    let e = e.ok()?;
+                    s.start |= e.name == "_start" && e.kind == wasmparser::ExternalKind::Func;
+                    s.exports.push(e.name.to_string());
                 }
             }
-            wasmparser::Payload::ExportSection(reader) => {
-                for e in reader.into_iter().flatten() {
-                    if e.name == "_start" && e.kind == wasmparser::ExternalKind::Func {
-                        start = true;
+            wasmparser::Payload::ImportSection(r) if depth == 1 => {
+                for i in r.into_imports() {
+                    let i = i.ok()?;
+                    if !P1_MODULES.contains(&i.module) {
+                        s.foreign.push(format!("{}::{}", i.module, i.name));
                     }
                 }
             }
             _ => {}
         }
     }
+    Some(s)
+}
+
+/// Refuses, before any compile, a core module that cannot run as a WASI
+/// command: one without a `_start` function (a reactor or library build,
+/// often made for a JavaScript host), or one importing from modules no WASI
+/// host provides. Reading imports and exports takes milliseconds even for a
+/// large module; compiling it can take half a minute. Malformed modules, and
+/// components passed as modules, are left to the compiler, which says what
+/// is wrong.
+pub(crate) fn check_module(wasm: &[u8]) -> Result<(), crate::EngineError> {
+    let Some(Shape { component: false, start, foreign, .. }) = shape(wasm) else { return Ok(()) };
     let shown = |v: &[String]| {
         let mut s = v.iter().take(20).map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ");
         if v.len() > 20 {
@@ -140,39 +171,11 @@ pub(crate) fn check_module(wasm: &[u8]) -> Result<(), crate::EngineError> {
 /// compiling it (for `wasmcell explain`): the world, and the imports wasmcell
 /// would refuse.
 pub fn describe(wasm: &[u8]) -> String {
-    let mut component = false;
-    let mut exports: Vec<String> = Vec::new();
-    let mut imports: Vec<String> = Vec::new();
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let Ok(payload) = payload else { return "not valid WebAssembly".into() };
-        match payload {
-            wasmparser::Payload::Version { encoding, .. } => {
-                if depth == 0 {
-                    component = encoding == wasmparser::Encoding::Component;
-                }
-                depth += 1;
-            }
-            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
-            wasmparser::Payload::ComponentExportSection(r) if depth == 1 => {
-                exports.extend(r.into_iter().flatten().map(|e| e.name.name.to_string()));
-            }
-            wasmparser::Payload::ComponentImportSection(r) if depth == 1 => {
-                imports.extend(r.into_iter().flatten().map(|i| i.name.name.to_string()));
-            }
-            wasmparser::Payload::ExportSection(r) if depth == 1 => {
-                exports.extend(r.into_iter().flatten().map(|e| e.name.to_string()));
-            }
-            wasmparser::Payload::ImportSection(r) if depth == 1 => {
-                imports.extend(r.into_imports().flatten().map(|i| format!("{}::{}", i.module, i.name)));
-            }
-            _ => {}
-        }
-    }
-    let has = |prefix: &str| exports.iter().find(|e| e.starts_with(prefix)).cloned();
-    let (world, refused): (String, Vec<String>) = if component {
+    let Some(s) = shape(wasm) else { return "not valid WebAssembly".into() };
+    let has = |prefix: &str| s.exports.iter().find(|e| e.starts_with(prefix)).cloned();
+    let (world, refused): (String, Vec<String>) = if s.component {
         let world = if let Some(e) = has("wasi:http/handler@0.3") {
-            format!("WASI 0.3 HTTP server ({e}), up to 16 requests per instance")
+            format!("WASI 0.3 HTTP server ({e}), up to {} requests per instance", crate::http3::MAX_CONCURRENT)
         } else if let Some(e) = has("wasi:http/incoming-handler@0.2") {
             format!("WASI 0.2 HTTP server ({e}), an instance per request")
         } else if let Some(e) = has("wasi:cli/run@0.3") {
@@ -182,14 +185,14 @@ pub fn describe(wasm: &[u8]) -> String {
         } else {
             "nothing: it exports no wasi:cli/run or HTTP handler (refused at create)".into()
         };
-        (world, imports.into_iter().filter(|i| !family_served(i)).collect())
+        (world, s.imports.iter().filter(|i| !family_served(i)).cloned().collect())
     } else {
-        let world = if exports.iter().any(|e| e == "_start") {
+        let world = if s.start {
             "WASI preview 1 command (_start)".to_string()
         } else {
             "nothing: a core module without _start (refused at create)".to_string()
         };
-        (world, imports.into_iter().filter(|i| !P1_MODULES.iter().any(|m| i.starts_with(&format!("{m}::")))).collect())
+        (world, s.foreign)
     };
     if refused.is_empty() {
         world
