@@ -60,6 +60,22 @@ fn run(engine: &Engine, wasm: &[u8], cfg: GuestConfig, stats: Arc<GuestStats>) -
     Captured { exit, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
+/// Runs `program` for at most `ms` milliseconds, then drops its future (a
+/// kill); whether it was still running then.
+fn run_cut_off(
+    e: &Engine,
+    program: &wasmcell_engine::Program,
+    cfg: &GuestConfig,
+    stats: &Arc<GuestStats>,
+    ms: u64,
+) -> bool {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let run = e.run(program, cfg, GuestIo::default(), stats.clone());
+        tokio::time::timeout(std::time::Duration::from_millis(ms), run).await.is_err()
+    })
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -157,12 +173,7 @@ fn dropping_the_future_stops_a_guest_that_never_yields() {
     let program = e.prepare(&wasm, WasmKind::Component).unwrap();
     let cfg = config(d.path(), &["spin"]);
     let stats = Arc::new(GuestStats::default());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let outcome = rt.block_on(async {
-        let run = e.run(&program, &cfg, GuestIo::default(), stats.clone());
-        tokio::time::timeout(std::time::Duration::from_millis(300), run).await
-    });
-    assert!(outcome.is_err(), "the spinning guest was cut off by the timeout");
+    assert!(run_cut_off(&e, &program, &cfg, &stats, 300), "the spinning guest was cut off by the timeout");
     assert!(stats.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
 
@@ -326,16 +337,11 @@ fn dropping_the_future_stops_a_p3_guest_busy_or_waiting() {
     let e = Engine::new().unwrap();
     let d = tmp();
     let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     for argv in [&["x", "spin"][..], &["x", "sleep", "600000"][..]] {
         let cfg = config(d.path(), argv);
         let stats = Arc::new(GuestStats::default());
         let started = std::time::Instant::now();
-        let outcome = rt.block_on(async {
-            let run = e.run(&program, &cfg, GuestIo::default(), stats.clone());
-            tokio::time::timeout(std::time::Duration::from_millis(300), run).await
-        });
-        assert!(outcome.is_err(), "{argv:?}: cut off by the timeout");
+        assert!(run_cut_off(&e, &program, &cfg, &stats, 300), "{argv:?}: cut off by the timeout");
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{argv:?}: stopped promptly");
     }
 }
@@ -407,12 +413,7 @@ fn p3_command_is_held_to_its_cpu_quota() {
     let cfg = config(d.path(), &["x", "spin"]);
     let stats = Arc::new(GuestStats::default());
     stats.set_cpu_quota(Some(wasmcell_grants::CpuQuota { quota_us: 20_000, period_us: 100_000 }));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let outcome = rt.block_on(async {
-        let run = e.run(&program, &cfg, GuestIo::default(), stats.clone());
-        tokio::time::timeout(std::time::Duration::from_millis(1500), run).await
-    });
-    assert!(outcome.is_err(), "spins until cut off");
+    assert!(run_cut_off(&e, &program, &cfg, &stats, 1500), "spins until cut off");
     // 0.2 of a core for 1.5 s, plus one period of burst: 0.32 s; unthrottled
     // it would be about 1.5 s.
     let used = stats.cpu_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;

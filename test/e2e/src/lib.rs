@@ -57,6 +57,35 @@ fn require_root() {
     }
 }
 
+/// An HTTP server on 127.0.0.1 that answers one request with `response`
+/// (raw bytes, head and body): its address, and its thread to join.
+pub fn one_shot_http_server(response: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let thread = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(response);
+        }
+    });
+    (addr, thread)
+}
+
+/// Runs `f` on a thread inside the network namespace of process `pid` (a
+/// shim's: the container's network) and returns what it returns.
+pub fn in_netns_of<T: Send + 'static>(pid: i32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = format!("/proc/{pid}/ns/net");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).unwrap_or_else(|e| panic!("{netns}: {e}"));
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
 /// One HTTP/1.1 GET (with an `X-Test: probe-value` header the fixture
 /// echoes), bounded: `(status, body)`, the body de-chunked; `None` if
 /// nothing answers. The one HTTP client of the suites.

@@ -1,6 +1,5 @@
 //! `wasi:http/proxy` components served as long-running HTTP containers.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use wasmcell_e2e::wait::{free_port, poll, until};
@@ -71,16 +70,9 @@ fn private_network_is_not_reachable_from_the_host_but_serves_inside() {
     start_server(&c, "private", &[], &addr, &log);
     let shim = c.shim_pids()[0];
     // Inside the container's network namespace (the shim's), it answers.
-    let netns = format!("/proc/{shim}/ns/net");
     let inside = {
         let addr = addr.clone();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&netns).unwrap();
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            poll(200, || get(&addr, "/inside"))
-        })
-        .join()
-        .unwrap()
+        wasmcell_e2e::in_netns_of(shim, move || poll(200, || get(&addr, "/inside")))
     };
     let (status, body) = inside.expect("served inside its namespace");
     assert_eq!(status, 200);
@@ -125,15 +117,9 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
 #[test]
 fn outgoing_requests_follow_the_network_grant() {
     let c = Containerd::start();
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up = upstream.local_addr().unwrap().to_string();
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = upstream.accept() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream");
-        }
-    });
+    let (up, server) = wasmcell_e2e::one_shot_http_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nupstream",
+    );
     let addr = format!("127.0.0.1:{}", free_port());
     let log = c.dir.path().join("http.log");
     start_server(&c, "fetcher", &["--net-host"], &addr, &log);

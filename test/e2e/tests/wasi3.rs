@@ -136,15 +136,7 @@ fn p3_http_handler_serves_streams_survives_a_trap_and_drains() {
     assert!(logged.contains("handler trapped"), "{logged}");
 
     // Outgoing requests: the host network grants them.
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let up = upstream.local_addr().unwrap().to_string();
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = upstream.accept() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        }
-    });
+    let (up, server) = wasmcell_e2e::one_shot_http_server(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
     let (status, body) = get(&addr, &format!("/fetch?url=http://{up}/")).unwrap();
     assert_eq!((status, body.as_str()), (200, "fetched 204\n"));
     server.join().unwrap();
@@ -174,18 +166,12 @@ fn p3_http_handler_without_network_cannot_send_requests() {
     c.run_detached("p3priv", &["--env", &env], &["/p3-http.wasm"]).ok();
     c.wait_status("p3priv", "RUNNING");
     let shim = c.shim_pids()[0];
-    let netns = format!("/proc/{shim}/ns/net");
+    // A server on the host's loopback, which the namespace cannot reach.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let up = upstream.local_addr().unwrap().to_string();
     let inside = {
         let addr = addr.clone();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(&netns).unwrap();
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            poll(200, || get(&addr, &format!("/fetch?url=http://{up}/")))
-        })
-        .join()
-        .unwrap()
+        wasmcell_e2e::in_netns_of(shim, move || poll(200, || get(&addr, &format!("/fetch?url=http://{up}/"))))
     };
     let (status, body) = inside.expect("served inside its namespace");
     assert_eq!(status, 502, "{body}");
