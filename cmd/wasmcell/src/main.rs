@@ -33,6 +33,11 @@ enum Command {
         /// Cache directory (default: $WASMCELL_CACHE_DIR or /var/lib/wasmcell/cache).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// The runtime handler's policy file (its `ConfigPath`), whose
+        /// `deny_wasm_features` the shim's engine applies: artifacts of
+        /// engines with different features are distinct cache entries.
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// .wasm files or image tarballs (`wasmcell image build` output).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
@@ -45,6 +50,10 @@ enum Command {
         /// Print JSON rows instead of a table.
         #[arg(long)]
         json: bool,
+        /// The runtime handler's policy file (its `ConfigPath`), to show
+        /// what it denies this container.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Register the CRI runtime handler `wasmtime` in containerd's config
     /// file, or remove it again.
@@ -183,12 +192,13 @@ fn main() -> Result<()> {
             println!("{} {}", built.manifest.digest(), output.display());
             Ok(())
         }
-        Command::Compile { cache_dir, inputs } => {
+        Command::Compile { cache_dir, policy, inputs } => {
             let mut config = wasmcell_engine::cache::CacheConfig::from_env().unwrap_or_default();
             if let Some(d) = cache_dir {
                 config.dir = d;
             }
-            let engine = wasmcell_engine::Engine::with_cache(Some(config.clone()))?;
+            let policy = policy.map(|p| read_policy(&p)).transpose()?;
+            let engine = wasmcell_engine::Engine::with_policy(Some(config.clone()), None, policy)?;
             let mut failed = false;
             for input in inputs {
                 let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;
@@ -200,9 +210,9 @@ fn main() -> Result<()> {
                 };
                 for (name, wasm) in items {
                     let started = std::time::Instant::now();
-                    let result = wasmcell_oci::classify(&wasm)
-                        .map_err(|e| anyhow::anyhow!(e))
-                        .and_then(|kind| engine.prepare(&wasm, kind).map_err(|e| anyhow::anyhow!(e)));
+                    let result = wasmcell_oci::classify(&wasm).map_err(|e| anyhow::anyhow!(e)).and_then(|kind| {
+                        engine.prepare(&wasm, kind, Default::default()).map_err(|e| anyhow::anyhow!(e))
+                    });
                     match result {
                         Ok(_) => println!("{name}: ready ({} ms)", started.elapsed().as_millis()),
                         Err(e) => {
@@ -218,7 +228,8 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Explain { path, json } => {
+        Command::Explain { path, json, policy } => {
+            let policy = policy.map(|p| read_policy(&p)).transpose()?;
             let (bundle, config) = if path.is_dir() {
                 (path.clone(), path.join("config.json"))
             } else {
@@ -233,13 +244,47 @@ fn main() -> Result<()> {
             };
             // What the program runs as, when its file is in the rootfs: read
             // from its exports and imports, not compiled.
+            let granted = wasmcell_engine::Granted { keyvalue: grants.keyvalue != wasmcell_grants::KeyValue::Denied };
             let program = grants.root.host().and_then(|root| {
                 let entry = root.join(grants.program.entrypoint.trim_start_matches('/'));
-                std::fs::read(&entry).ok().map(|wasm| wasmcell_engine::describe(&wasm))
+                std::fs::read(&entry).ok().map(|wasm| {
+                    let what = wasmcell_engine::describe(&wasm);
+                    match wasmcell_engine::admit(&wasm, policy.as_ref(), granted) {
+                        Ok(()) => what,
+                        Err(e) => format!("{what}; refused at create: {e}"),
+                    }
+                })
+            });
+            let mut rows = grants.rows();
+            // The config keys (never their values, which may be secrets).
+            if let Some(dir) = &grants.config_dir {
+                let (value, grant) = match wasmcell_engine::read_config_dir(dir) {
+                    Ok(entries) => (
+                        format!("{} keys", entries.len()),
+                        format!("keys: {}", entries.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")),
+                    ),
+                    Err(e) => ("unreadable".to_string(), format!("refused at create: {e}")),
+                };
+                rows.push(wasmcell_grants::Row { setting: "wasi:config".into(), value, grant });
+            }
+            rows.push(match &policy {
+                Some(p) => wasmcell_grants::Row {
+                    setting: "runtime policy (ConfigPath)".into(),
+                    value: p.path.display().to_string(),
+                    grant: format!(
+                        "denies imports [{}]; Wasm features off [{}]",
+                        p.deny_imports.join(", "),
+                        p.deny_wasm_features.join(", ")
+                    ),
+                },
+                None => wasmcell_grants::Row {
+                    setting: "runtime policy (ConfigPath)".into(),
+                    value: "none".into(),
+                    grant: "no imports denied beyond the grants; Wasmtime 48's default Wasm features".into(),
+                },
             });
             if json {
-                let mut rows: Vec<_> = grants
-                    .rows()
+                let mut rows: Vec<_> = rows
                     .into_iter()
                     .map(|r| serde_json::json!({"setting": r.setting, "value": r.value, "grant": r.grant}))
                     .collect();
@@ -250,7 +295,7 @@ fn main() -> Result<()> {
                 }
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{grants}");
+                print!("{}", wasmcell_grants::table(&rows));
                 if let Some(p) = program {
                     println!("\nprogram {} runs as: {p}", grants.program.entrypoint);
                 }
@@ -258,4 +303,10 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A runtime handler's policy file, checked as the shim checks it.
+fn read_policy(path: &std::path::Path) -> Result<wasmcell_grants::Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(wasmcell_grants::Policy::parse(&text, path)?)
 }

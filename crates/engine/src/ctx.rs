@@ -11,6 +11,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::keyvalue::{KvStore, KvView};
 use crate::limiter::MemoryLimiter;
 use crate::EngineError;
 
@@ -21,6 +22,89 @@ pub struct P2State {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) http: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) hooks: HttpHooks,
+    pub(crate) config: ConfigVars,
+    pub(crate) keyvalue: Option<KvStore>,
+}
+
+impl P2State {
+    pub(crate) fn config(&mut self) -> wasmtime_wasi_config::WasiConfig<'_> {
+        wasmtime_wasi_config::WasiConfig::from(&*self.config.0)
+    }
+
+    pub(crate) fn keyvalue(&mut self) -> KvView<'_> {
+        KvView { store: self.keyvalue.as_ref(), table: &mut self.table }
+    }
+}
+
+/// A guest's `wasi:config` entries, shared by all its instances.
+#[derive(Clone, Default)]
+pub struct ConfigVars(std::sync::Arc<wasmtime_wasi_config::WasiConfigVariables>, Vec<String>);
+
+impl ConfigVars {
+    pub fn new(entries: Vec<(String, String)>) -> Self {
+        let mut keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        ConfigVars(std::sync::Arc::new(entries.into_iter().collect()), keys)
+    }
+
+    /// The keys, sorted (values are not shown: they may be secrets).
+    pub fn keys(&self) -> &[String] {
+        &self.1
+    }
+}
+
+impl std::fmt::Debug for ConfigVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConfigVars{:?}", self.1)
+    }
+}
+
+/// Most `wasi:config` entries read from a config directory, and most bytes
+/// of all their values together (a ConfigMap holds at most 1 MiB).
+pub const CONFIG_MAX_ENTRIES: usize = 4096;
+pub const CONFIG_MAX_BYTES: u64 = 4 << 20;
+
+/// The `wasi:config` entries of a directory: one per regular file (symlinks
+/// followed inside the directory only, as a ConfigMap volume's `key ->
+/// ..data/key` are), key = file name, value = its contents, which must be
+/// UTF-8. Names starting with `..` (a ConfigMap volume's own bookkeeping)
+/// and subdirectories are skipped.
+pub fn read_config_dir(dir: &Path) -> Result<Vec<(String, String)>, EngineError> {
+    let err = |reason: String| EngineError::Context { what: format!("wasi:config from {}", dir.display()), reason };
+    let d = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for entry in d.entries().map_err(|e| err(e.to_string()))? {
+        let entry = entry.map_err(|e| err(e.to_string()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Err(err(format!("file name {name:?} is not UTF-8")));
+        };
+        if name.starts_with("..") {
+            continue;
+        }
+        // Follows symlinks, and refuses those leading out of the directory.
+        let meta = d.metadata(name).map_err(|e| err(format!("{name}: {e}")))?;
+        if meta.is_dir() {
+            continue;
+        }
+        if !meta.is_file() {
+            return Err(err(format!("{name} is not a regular file")));
+        }
+        total += meta.len();
+        if total > CONFIG_MAX_BYTES || out.len() >= CONFIG_MAX_ENTRIES {
+            return Err(err(format!(
+                "more than {CONFIG_MAX_ENTRIES} files or {} MiB of values",
+                CONFIG_MAX_BYTES >> 20
+            )));
+        }
+        let bytes = d.read(name).map_err(|e| err(format!("{name}: {e}")))?;
+        let value = String::from_utf8(bytes)
+            .map_err(|_| err(format!("{name} is not UTF-8 text, and wasi:config values are strings")))?;
+        out.push((name.to_string(), value));
+    }
+    out.sort();
+    Ok(out)
 }
 
 impl wasmtime_wasi_http::WasiHttpView for P2State {
@@ -126,6 +210,10 @@ pub struct GuestConfig {
     /// of the given size before the guest runs (by the shim; the engine
     /// only creates the directories).
     pub tmpfs: Vec<Tmpfs>,
+    /// Its `wasi:config` entries (read at Create).
+    pub config: ConfigVars,
+    /// Its `wasi:keyvalue` store, when granted.
+    pub keyvalue: Option<KvStore>,
 }
 
 /// A private directory of a guest and the size its tmpfs may reach.
@@ -145,6 +233,8 @@ impl GuestConfig {
     /// created under `private_root`, which the caller removes with the
     /// container. Bind sources must exist and be directories: a file bind
     /// (e.g. `/etc/hosts`) cannot be preopened and is skipped with a warning.
+    /// The `wasi:config` entries are read from the granted config directory
+    /// now; the key-value store is the caller's to set.
     pub fn from_grants(grants: &Grants, private_root: &Path, sockets: SocketScope) -> Result<Self, EngineError> {
         let mut preopens = Vec::new();
         let mut tmpfs = Vec::new();
@@ -179,6 +269,10 @@ impl GuestConfig {
             };
             preopens.push(Preopen { host, guest: d.guest.clone(), readonly: d.readonly });
         }
+        let config = match &grants.config_dir {
+            Some(d) => ConfigVars::new(read_config_dir(d)?),
+            None => ConfigVars::default(),
+        };
         Ok(GuestConfig {
             argv: grants.program.argv.clone(),
             env: grants.program.env.clone(),
@@ -187,6 +281,8 @@ impl GuestConfig {
             sockets,
             limits: grants.limits.clone(),
             tmpfs,
+            config,
+            keyvalue: None,
         })
     }
 

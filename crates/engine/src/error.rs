@@ -35,6 +35,10 @@ pub enum EngineError {
     /// could not start, crashed, was killed).
     #[error("compiler process: {0}")]
     Compiler(String),
+    /// The guest asks for what its container is not granted, or what the
+    /// runtime handler's policy denies: an import, or a Wasm feature.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// wasmtime's errors carry a chain of contexts; `{:#}` prints all of it on

@@ -17,12 +17,15 @@ const SERVED: &[(&str, &[&str])] = &[
     ("wasi:random", &["0.2", "0.3"]),
     ("wasi:sockets", &["0.2", "0.3"]),
     ("wasi:http", &["0.2", "0.3"]),
+    ("wasi:config", &["0.2"]),
+    ("wasi:keyvalue", &["0.2"]),
 ];
 
 /// What wasmcell serves, for messages.
 pub const SERVED_FAMILIES: &str = "WASI 0.2.x (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, \
      wasi:sockets), WASI 0.3.x (wasi:cli, wasi:clocks, wasi:filesystem, wasi:random, wasi:sockets), and wasi:http \
-     0.2.x (incoming-handler, outgoing-handler) and 0.3.x (handler, client)";
+     0.2.x (incoming-handler, outgoing-handler) and 0.3.x (handler, client), wasi:config/store 0.2.0-rc.1, and \
+     wasi:keyvalue 0.2.0-draft (store, atomics, batch; with a grant)";
 
 /// Whether an import name (`pkg:ns/iface@1.2.3`) is of a family in
 /// [`SERVED`]. Unversioned and non-`wasi` names are not.
@@ -130,6 +133,11 @@ fn shape(wasm: &[u8]) -> Option<Shape> {
     Some(s)
 }
 
+/// A component's top-level import names (none if it does not parse).
+pub(crate) fn component_imports(wasm: &[u8]) -> Vec<String> {
+    shape(wasm).filter(|s| s.component).map(|s| s.imports).unwrap_or_default()
+}
+
 /// Refuses, before any compile, a core module that cannot run as a WASI
 /// command: one without a `_start` function (a reactor or library build,
 /// often made for a JavaScript host), or one importing from modules no WASI
@@ -213,7 +221,9 @@ mod tests {
         assert!(family_served("wasi:http/types@0.3.0-rc-2025-09-16"));
         assert!(family_served("wasi:io/streams@0.2.0"));
         assert!(!family_served("wasi:io/streams@0.3.0"));
-        assert!(!family_served("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(family_served("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(family_served("wasi:config/store@0.2.0-rc.1"));
+        assert!(!family_served("wasi:keyvalue/store@0.3.0"));
         assert!(!family_served("wasi:cli/environment@0.4.0"));
         assert!(!family_served("acme:db/query@1.0.0"));
         assert!(!family_served("wasi:cli/environment"));

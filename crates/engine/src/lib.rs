@@ -16,7 +16,9 @@ mod fsguard;
 pub mod http;
 mod http3;
 mod imports;
+pub mod keyvalue;
 mod limiter;
+mod policy;
 mod run;
 mod ticker;
 
@@ -27,12 +29,15 @@ use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Config, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-pub use ctx::{GuestConfig, GuestIo, P2State, Preopen, SocketScope, Tmpfs};
+pub use ctx::{read_config_dir, ConfigVars, GuestConfig, GuestIo, P2State, Preopen, SocketScope, Tmpfs};
 pub use error::EngineError;
 pub use fairshare::DEFAULT_SHARES;
 pub use imports::describe;
+pub use keyvalue::{KvStore, MemoryStore, RedisStore};
 pub use limiter::{max_handles, set_max_handles, GuestStats, DEFAULT_MAX_HANDLES};
+pub use policy::{admit, Granted};
 pub use run::Exit;
+pub use wasmcell_grants::Policy;
 
 use ctx::P1State;
 
@@ -53,6 +58,7 @@ struct Inner {
     fair: Arc<fairshare::FairShare>,
     cache: Option<cache::Cache>,
     compiler: Option<Compiler>,
+    policy: Option<Arc<Policy>>,
 }
 
 /// Turns Wasm into this engine's compiled form ([`Engine::precompile`]'s
@@ -187,6 +193,18 @@ impl Engine {
     /// An engine with a compile cache (as [`with_cache`](Self::with_cache))
     /// that compiles with `compiler` instead of in this process.
     pub fn with_options(cache: Option<cache::CacheConfig>, compiler: Option<Compiler>) -> Result<Self, EngineError> {
+        Self::with_policy(cache, compiler, None)
+    }
+
+    /// An engine (as [`with_options`](Self::with_options)) under a runtime
+    /// handler's policy: the Wasm features it denies are off in this
+    /// engine, which also makes its compiled artifacts distinct cache
+    /// entries; the imports it denies are refused at [`prepare`](Self::prepare).
+    pub fn with_policy(
+        cache: Option<cache::CacheConfig>,
+        compiler: Option<Compiler>,
+        policy: Option<Policy>,
+    ) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -195,7 +213,17 @@ impl Engine {
             .wasm_component_model_async(true)
             .parallel_compilation(true)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
-        let engine = wasmtime::Engine::new(&config).map_err(EngineError::setup)?;
+        if let Some(p) = &policy {
+            config.wasm_features(policy::denied(p), false);
+        }
+        let engine = wasmtime::Engine::new(&config).map_err(|e| match &policy {
+            Some(p) if !p.deny_wasm_features.is_empty() => EngineError::Setup(format!(
+                "policy {}: deny_wasm_features {:?}: {e:#}",
+                p.path.display(),
+                p.deny_wasm_features
+            )),
+            _ => EngineError::setup(e),
+        })?;
 
         let mut components = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(EngineError::setup)?;
@@ -206,6 +234,10 @@ impl Engine {
         wasmtime_wasi::p3::add_to_linker(&mut components).map_err(EngineError::setup)?;
         fsguard::guard_p3(&mut components).map_err(EngineError::setup)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut components).map_err(EngineError::setup)?;
+        // Served to every component; what a guest reads is what its spec
+        // grants (an empty config store, no key-value store).
+        wasmtime_wasi_config::add_to_linker(&mut components, P2State::config).map_err(EngineError::setup)?;
+        keyvalue::add_to_linker(&mut components, P2State::keyvalue).map_err(EngineError::setup)?;
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| &mut s.wasi)
             .map_err(EngineError::setup)?;
@@ -227,8 +259,14 @@ impl Engine {
                 fair: Arc::new(fairshare::FairShare::new()),
                 cache,
                 compiler,
+                policy: policy.map(Arc::new),
             }),
         })
+    }
+
+    /// The runtime handler's policy this engine enforces.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.inner.policy.as_deref()
     }
 
     pub fn wasmtime(&self) -> &wasmtime::Engine {
@@ -256,9 +294,11 @@ impl Engine {
     /// Compiles `bytes` and links it against WASI, so that every reason it
     /// cannot run (malformed, a missing import, no entry point) is reported
     /// here, at Create, rather than at Start.
-    pub fn prepare(&self, bytes: &[u8], kind: WasmKind) -> Result<Program, EngineError> {
+    /// Imports that need a grant (`wasi:keyvalue`) are refused unless
+    /// `granted` has it; those the engine's policy denies always are.
+    pub fn prepare(&self, bytes: &[u8], kind: WasmKind, granted: Granted) -> Result<Program, EngineError> {
         let digest = self.inner.cache.as_ref().map(|_| cache::digest(bytes));
-        self.prepare_with(digest, kind, || Ok(std::borrow::Cow::Borrowed(bytes)))
+        self.prepare_with(digest, kind, granted, || Ok(std::borrow::Cow::Borrowed(bytes)))
     }
 
     /// [`prepare`](Self::prepare) for a file of a container's rootfs. With a
@@ -270,6 +310,7 @@ impl Engine {
         &self,
         wasm: &wasmcell_oci::WasmFile,
         id: Option<wasmcell_oci::FileId>,
+        granted: Granted,
     ) -> Result<Program, EngineError> {
         let digest = match &self.inner.cache {
             Some(cache) => Some(match id.as_ref().and_then(|i| cache.known_digest(i)) {
@@ -292,7 +333,7 @@ impl Engine {
             }),
             None => None,
         };
-        self.prepare_with(digest, wasm.kind, || {
+        self.prepare_with(digest, wasm.kind, granted, || {
             let bytes =
                 wasm.read_all().map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
             // What is compiled must be what was hashed: the artifact is
@@ -314,14 +355,23 @@ impl Engine {
         &self,
         digest: Option<blake3::Hash>,
         kind: WasmKind,
+        granted: Granted,
         wasm: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>, EngineError>,
     ) -> Result<Program, EngineError> {
         let engine = &self.inner.engine;
+        let policy = self.policy();
         // Whatever can be refused without compiling is refused first.
         let checked = || {
             let w = wasm()?;
-            if kind == WasmKind::Module {
-                imports::check_module(&w)?;
+            match kind {
+                WasmKind::Module => imports::check_module(&w)?,
+                WasmKind::Component => {
+                    let names = imports::component_imports(&w);
+                    policy::check_imports(names.iter().map(String::as_str), policy, granted)?;
+                }
+            }
+            if let Some(p) = policy {
+                policy::check_features(&w, p)?;
             }
             Ok::<_, EngineError>(w)
         };
@@ -342,6 +392,10 @@ impl Engine {
                     Source::Artifact(a) => cache::load_component(engine, a)?,
                     Source::Wasm(w) => Component::new(engine, &**w).map_err(EngineError::compile)?,
                 };
+                // Also when the artifact came from the cache, without the Wasm.
+                let ty = component.component_type();
+                let names: Vec<&str> = ty.imports(engine).map(|(n, _)| n).collect();
+                policy::check_imports(names, policy, granted)?;
                 let pre = self
                     .inner
                     .components

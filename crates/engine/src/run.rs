@@ -212,6 +212,8 @@ impl Engine {
             limiter,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             hooks: crate::ctx::HttpHooks { allow_outgoing: config.allows_outgoing() },
+            config: config.config.clone(),
+            keyvalue: config.keyvalue.clone(),
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);

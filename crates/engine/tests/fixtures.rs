@@ -23,6 +23,8 @@ fn config(root: &Path, argv: &[&str]) -> GuestConfig {
         sockets: SocketScope::Denied,
         limits: Limits::default(),
         tmpfs: Vec::new(),
+        config: Default::default(),
+        keyvalue: None,
     }
 }
 
@@ -46,7 +48,8 @@ fn drain(fd: OwnedFd) -> std::thread::JoinHandle<String> {
 
 fn run(engine: &Engine, wasm: &[u8], cfg: GuestConfig, stats: Arc<GuestStats>) -> Captured {
     let kind = classify(wasm).unwrap();
-    let program = engine.prepare(wasm, kind).expect("prepare");
+    let granted = wasmcell_engine::Granted { keyvalue: cfg.keyvalue.is_some() };
+    let program = engine.prepare(wasm, kind, granted).expect("prepare");
     let (out_r, out_w) = pipe();
     let (err_r, err_w) = pipe();
     let out = drain(out_r);
@@ -170,7 +173,7 @@ fn dropping_the_future_stops_a_guest_that_never_yields() {
     let e = Engine::new().unwrap();
     let d = tmp();
     let wasm = fixture("spin.wasm");
-    let program = e.prepare(&wasm, WasmKind::Component).unwrap();
+    let program = e.prepare(&wasm, WasmKind::Component, Default::default()).unwrap();
     let cfg = config(d.path(), &["spin"]);
     let stats = Arc::new(GuestStats::default());
     assert!(run_cut_off(&e, &program, &cfg, &stats, 300), "the spinning guest was cut off by the timeout");
@@ -182,12 +185,12 @@ fn link_errors_name_the_missing_import() {
     let e = Engine::new().unwrap();
     let comp =
         wat::parse_str(r#"(component (import "wasi:nothere/thing@0.1.0" (instance (export "f" (func)))))"#).unwrap();
-    let err = e.prepare(&comp, WasmKind::Component).err().expect("refused");
+    let err = e.prepare(&comp, WasmKind::Component, Default::default()).err().expect("refused");
     assert!(err.to_string().contains("wasi:nothere/thing@0.1.0"), "{err}");
     let module = wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#).unwrap();
-    let err = e.prepare(&module, WasmKind::Module).err().expect("refused");
+    let err = e.prepare(&module, WasmKind::Module, Default::default()).err().expect("refused");
     assert!(err.to_string().contains("nope"), "{err}");
-    let err = e.prepare(b"\0asm\x01\0\0\0\x01\xff", WasmKind::Module).err().expect("refused");
+    let err = e.prepare(b"\0asm\x01\0\0\0\x01\xff", WasmKind::Module, Default::default()).err().expect("refused");
     assert!(matches!(err, EngineError::Compile(_)), "{err}");
 }
 
@@ -197,7 +200,7 @@ fn over_the_instance_limits_is_not_called_invalid() {
     let tables = "(table 1 funcref) ".repeat(9);
     let module = wat::parse_str(format!(r#"(module {tables} (func (export "_start")))"#)).unwrap();
     wasmparser::Validator::new().validate_all(&module).expect("valid Wasm");
-    let err = Engine::new().unwrap().prepare(&module, WasmKind::Module).err().expect("refused");
+    let err = Engine::new().unwrap().prepare(&module, WasmKind::Module, Default::default()).err().expect("refused");
     assert!(matches!(err, EngineError::TooBig(_)), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("per-instance limits") && msg.contains("tables"), "{msg}");
@@ -336,7 +339,7 @@ fn p3_command_memory_cap_and_kill() {
 fn dropping_the_future_stops_a_p3_guest_busy_or_waiting() {
     let e = Engine::new().unwrap();
     let d = tmp();
-    let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component).unwrap();
+    let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component, Default::default()).unwrap();
     for argv in [&["x", "spin"][..], &["x", "sleep", "600000"][..]] {
         let cfg = config(d.path(), argv);
         let stats = Arc::new(GuestStats::default());
@@ -358,7 +361,7 @@ fn a_reactor_core_module_is_refused_before_compiling_with_its_imports_named() {
     );
     let wasm = wat::parse_str(&wat).unwrap();
     let started = std::time::Instant::now();
-    let err = e.prepare(&wasm, WasmKind::Module).err().expect("refused");
+    let err = e.prepare(&wasm, WasmKind::Module, Default::default()).err().expect("refused");
     let took = started.elapsed();
     let msg = err.to_string();
     assert!(msg.contains("does not export a _start function"), "{msg}");
@@ -366,7 +369,7 @@ fn a_reactor_core_module_is_refused_before_compiling_with_its_imports_named() {
     assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
     // With `_start` but a foreign import: refused the same way, at link.
     let module = wat::parse_str(r#"(module (import "env" "nope" (func)) (func (export "_start")))"#).unwrap();
-    let err = e.prepare(&module, WasmKind::Module).err().expect("refused");
+    let err = e.prepare(&module, WasmKind::Module, Default::default()).err().expect("refused");
     assert!(err.to_string().contains("`env::nope`"), "{err}");
 }
 
@@ -380,7 +383,7 @@ fn a_component_importing_unserved_interfaces_is_told_each_one() {
              (import "wasi:cli/environment@0.3.0" (instance (export "get-environment" (func)))))"#,
     )
     .unwrap();
-    let msg = e.prepare(&comp, WasmKind::Component).err().expect("refused").to_string();
+    let msg = e.prepare(&comp, WasmKind::Component, Default::default()).err().expect("refused").to_string();
     for name in ["`wasi:keyvalue/store@0.2.0-draft`", "`acme:db/query@1.0.0`", "WASI 0.3.x", "wasi:http"] {
         assert!(msg.contains(name), "{name} not in: {msg}");
     }
@@ -409,7 +412,7 @@ fn describe_names_the_world_without_compiling() {
 fn p3_command_is_held_to_its_cpu_quota() {
     let e = Engine::new().unwrap();
     let d = tmp();
-    let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component).unwrap();
+    let program = e.prepare(&fixture("p3-command.wasm"), WasmKind::Component, Default::default()).unwrap();
     let cfg = config(d.path(), &["x", "spin"]);
     let stats = Arc::new(GuestStats::default());
     stats.set_cpu_quota(Some(wasmcell_grants::CpuQuota { quota_us: 20_000, period_us: 100_000 }));
@@ -455,7 +458,7 @@ fn a_dropped_server_ends_its_running_instances() {
     let e = Engine::new().unwrap();
     let d = tmp();
     for wasm in ["http.wasm", "p3-http.wasm"] {
-        let program = e.prepare(&fixture(wasm), WasmKind::Component).unwrap();
+        let program = e.prepare(&fixture(wasm), WasmKind::Component, Default::default()).unwrap();
         let cfg = config(d.path(), &["/x.wasm"]);
         let stats = Arc::new(GuestStats::default());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -503,7 +506,7 @@ fn concurrent_requests_never_exceed_the_memory_cap() {
     let e = Engine::new().unwrap();
     let d = tmp();
     for wasm in ["http.wasm", "p3-http.wasm"] {
-        let program = e.prepare(&fixture(wasm), WasmKind::Component).unwrap();
+        let program = e.prepare(&fixture(wasm), WasmKind::Component, Default::default()).unwrap();
         let mut cfg = config(d.path(), &["/x.wasm"]);
         cfg.limits.memory_bytes = Some(CAP);
         let stats = Arc::new(GuestStats::for_limits(&cfg.limits));
@@ -557,4 +560,113 @@ fn concurrent_requests_never_exceed_the_memory_cap() {
             assert!(statuses.contains(&Some(500)), "{wasm}: the cap never bound: {statuses:?}");
         }
     }
+}
+
+/// wasi:config entries come from the granted directory's files; ConfigMap
+/// bookkeeping (`..data`) is skipped and symlinks resolve inside it only.
+#[test]
+fn config_store_holds_the_directory_files() {
+    let e = Engine::new().unwrap();
+    let root = tmp();
+    let dir = tmp();
+    std::fs::create_dir(dir.path().join("..2026_12_01")).unwrap();
+    std::fs::write(dir.path().join("..2026_12_01/greeting"), "hello").unwrap();
+    std::os::unix::fs::symlink("..2026_12_01", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/greeting", dir.path().join("greeting")).unwrap();
+    std::fs::write(dir.path().join(".env"), "x=1").unwrap();
+    let entries = wasmcell_engine::read_config_dir(dir.path()).unwrap();
+    assert_eq!(entries, vec![(".env".to_string(), "x=1".to_string()), ("greeting".into(), "hello".into())]);
+    // The fixture also imports wasi:keyvalue, which needs a grant.
+    let caps = |argv: &[&str], entries: Vec<(String, String)>| {
+        let mut cfg = config(root.path(), argv);
+        cfg.config = wasmcell_engine::ConfigVars::new(entries);
+        cfg.keyvalue = Some(wasmcell_engine::KvStore::Memory(Arc::new(wasmcell_engine::MemoryStore::new(1 << 20))));
+        run(&e, &fixture("caps.wasm"), cfg, Default::default())
+    };
+    let c = caps(&["caps", "config", "all"], entries);
+    assert_eq!(c.exit.unwrap(), Exit::Code(0), "{}", c.stderr);
+    assert_eq!(c.stdout, ".env=x=1\ngreeting=hello\ncount=2\n");
+    // Without a directory: the import links and every key is missing.
+    assert_eq!(caps(&["caps", "config", "get", "greeting"], Vec::new()).stdout, "greeting missing\n");
+    // A symlink out of the directory is refused, and so is binary content.
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("escape")).unwrap();
+    let err = wasmcell_engine::read_config_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("escape"), "{err}");
+    std::fs::remove_file(dir.path().join("escape")).unwrap();
+    std::fs::write(dir.path().join("blob"), [0xff, 0xfe]).unwrap();
+    let err = wasmcell_engine::read_config_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("blob is not UTF-8"), "{err}");
+}
+
+/// The in-memory store: buckets are separate key spaces, shared by every
+/// guest given the same store; without a grant the component is refused.
+#[test]
+fn keyvalue_memory_store_is_shared_and_granted_only() {
+    let e = Engine::new().unwrap();
+    let root = tmp();
+    let store = wasmcell_engine::KvStore::Memory(Arc::new(wasmcell_engine::MemoryStore::new(1 << 20)));
+    let go = |argv: &[&str]| {
+        let mut cfg = config(root.path(), argv);
+        cfg.keyvalue = Some(store.clone());
+        run(&e, &fixture("caps.wasm"), cfg, Default::default())
+    };
+    assert_eq!(go(&["caps", "kv", "set", "", "k", "empty-bucket"]).stdout, "ok\n");
+    assert_eq!(go(&["caps", "kv", "set", "b1", "k", "one"]).stdout, "ok\n");
+    assert_eq!(go(&["caps", "kv", "get", "", "k"]).stdout, "empty-bucket\n");
+    assert_eq!(go(&["caps", "kv", "get", "b1", "k"]).stdout, "one\n");
+    assert_eq!(go(&["caps", "kv", "get", "b2", "k"]).stdout, "(none)\n");
+    assert_eq!(go(&["caps", "kv", "incr", "b1", "n", "5"]).stdout, "5\n");
+    assert_eq!(go(&["caps", "kv", "mset", "b1", "x=1", "y=2"]).stdout, "ok\n");
+    assert_eq!(go(&["caps", "kv", "keys", "b1"]).stdout, "k\nn\nx\ny\ncount=4\n");
+    assert_eq!(go(&["caps", "kv", "mget", "b1", "x", "z"]).stdout, "x=1\nz (none)\n");
+    let c = go(&["caps", "kv", "incr", "b1", "k", "1"]);
+    assert_eq!(c.exit.unwrap(), Exit::Code(3));
+    assert!(c.stderr.contains("not a decimal number"), "{}", c.stderr);
+    let err = e.prepare(&fixture("caps.wasm"), WasmKind::Component, Default::default()).err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("wasi:keyvalue/") && msg.contains("wasmcell.dev/keyvalue=memory"), "{msg}");
+}
+
+/// Wasm 3.0 features run by default; a policy that turns one off refuses
+/// the module by name before compiling it, and a policy's denied import is
+/// refused by name, from the cache too.
+#[test]
+fn policy_turns_features_off_and_denies_imports() {
+    let gc = wat::parse_str(
+        r#"(module (type $p (struct (field i32)))
+             (func (export "_start") (drop (struct.new $p (i32.const 7)))))"#,
+    )
+    .unwrap();
+    let default = Engine::new().unwrap();
+    let d = tmp();
+    let c = run(&default, &gc, config(d.path(), &["gc"]), Default::default());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0));
+    let file = d.path().join("strict.toml");
+    let policy = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        wasmcell_grants::Policy::parse(text, &file).unwrap()
+    };
+    let cache = wasmcell_engine::cache::CacheConfig { dir: d.path().join("cache"), ..Default::default() };
+    let strict = Engine::with_policy(
+        Some(cache),
+        None,
+        Some(policy("deny_wasm_features = [\"gc\", \"exceptions\"]\ndeny_imports = [\"wasi:sockets/*\"]")),
+    )
+    .unwrap();
+    let msg = strict.prepare(&gc, WasmKind::Module, Default::default()).err().expect("refused").to_string();
+    assert!(msg.contains("`gc`") && msg.contains("strict.toml") && msg.contains("deny_wasm_features"), "{msg}");
+    // Refused before compiling, and again (from the component's type) when
+    // the second Create finds nothing to compile.
+    let sockets = wat::parse_str(
+        r#"(component (import "wasi:sockets/network@0.2.0" (instance (export "network" (type (sub resource))))))"#,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let msg = strict.prepare(&sockets, WasmKind::Component, Default::default()).err().expect("refused").to_string();
+        assert!(msg.contains("`wasi:sockets/network@0.2.0`") && msg.contains("deny_imports"), "{msg}");
+    }
+    // hello runs under the strict policy, and its artifact is cached apart
+    // from the default engine's.
+    let c = run(&strict, &fixture("hello.wasm"), config(d.path(), &["/hello.wasm"]), Default::default());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0), "{}", c.stderr);
 }

@@ -24,7 +24,7 @@ fn engine() -> &'static Engine {
 fn prepare(bytes: &[u8], limit: Duration) -> Option<Result<Program, EngineError>> {
     let t = Instant::now();
     let kind = classify(bytes).ok()?;
-    let r = engine().prepare(bytes, kind);
+    let r = engine().prepare(bytes, kind, Default::default());
     assert!(t.elapsed() < limit, "prepare took {:?} (limit {limit:?})", t.elapsed());
     if let Err(e) = &r {
         assert!(!matches!(e, EngineError::Setup(_)), "{e}");
@@ -135,10 +135,10 @@ fn a_100mb_module_that_is_one_custom_section() {
 fn the_kind_must_match_the_bytes() {
     let module = wat(r#"(module (func (export "_start")))"#);
     let component = wat("(component)");
-    assert!(matches!(engine().prepare(&module, WasmKind::Component), Err(EngineError::Compile(_))));
-    assert!(matches!(engine().prepare(&component, WasmKind::Module), Err(EngineError::Compile(_))));
-    assert!(matches!(engine().prepare(b"", WasmKind::Module), Err(EngineError::Compile(_))));
-    assert!(matches!(engine().prepare(b"", WasmKind::Component), Err(EngineError::Compile(_))));
+    assert!(matches!(engine().prepare(&module, WasmKind::Component, Default::default()), Err(EngineError::Compile(_))));
+    assert!(matches!(engine().prepare(&component, WasmKind::Module, Default::default()), Err(EngineError::Compile(_))));
+    assert!(matches!(engine().prepare(b"", WasmKind::Module, Default::default()), Err(EngineError::Compile(_))));
+    assert!(matches!(engine().prepare(b"", WasmKind::Component, Default::default()), Err(EngineError::Compile(_))));
 }
 
 #[test]

@@ -32,4 +32,8 @@ pub enum GrantError {
     TmpfsSize { destination: String, value: String },
     #[error("linux.resources.cpu: quota {quota} needs a period between 1000 and 1000000 microseconds, got {period}")]
     CpuPeriod { quota: i64, period: u64 },
+    #[error("annotation {name}={value:?}: {why}")]
+    Annotation { name: &'static str, value: String, why: String },
+    #[error("runtime policy {path}: {why}")]
+    Policy { path: String, why: String },
 }

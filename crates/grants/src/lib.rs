@@ -19,16 +19,20 @@
 //! | `mounts` (proc, sysfs, ...) | nothing: kernel interfaces do not exist for a guest |
 //! | network namespace | host sockets, sockets in a pod's namespace, or loopback only |
 //! | `linux.resources` | memory cap, CPU quota and weight, live-instance cap |
+//! | bind mount at `/run/wasi/config` | `wasi:config` entries: one per file (name = key, contents = value) |
+//! | annotation `wasmcell.dev/keyvalue` | `wasi:keyvalue`: a pod-wide in-memory store, or a Redis server |
 //!
 //! The same table, filled in for one spec, is what [`Grants::rows`] returns and
 //! `wasmcell explain` prints.
 
 #![forbid(unsafe_code)]
 
+mod capabilities;
 mod error;
 mod limits;
 mod mounts;
 mod network;
+mod policy;
 mod process;
 mod role;
 mod table;
@@ -38,13 +42,15 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+pub use capabilities::{KeyValue, CONFIG_DIR, KEYVALUE_ANNOTATION};
 pub use error::GrantError;
 pub use limits::{CpuQuota, Limits};
 pub use mounts::{DirGrant, DirSource, HiddenMount, DEFAULT_TMPFS_BYTES};
 pub use network::Network;
+pub use policy::{Policy, WASM_FEATURES};
 pub use process::Program;
 pub use role::{Role, CONTAINER_TYPE, SANDBOX_ID};
-pub use table::Row;
+pub use table::{table, Row};
 
 /// Everything a guest may use, decided from its container's spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +71,11 @@ pub struct Grants {
     pub ignored: Vec<Ignored>,
     /// Sandbox, pod member or standalone, from CRI's annotations.
     pub role: Role,
+    /// The host directory whose files are the guest's `wasi:config`
+    /// entries (the mount at [`CONFIG_DIR`]); none: an empty store.
+    pub config_dir: Option<PathBuf>,
+    /// The guest's `wasi:keyvalue` store (annotation [`KEYVALUE_ANNOTATION`]).
+    pub keyvalue: KeyValue,
 }
 
 /// A spec setting that is accepted but has no effect on a Wasm guest.
@@ -95,7 +106,9 @@ pub fn grants(spec: &Spec, annotations: &HashMap<String, String>, options: &Opti
     let network = network::network(spec);
     let limits = limits::limits(spec)?;
     let ignored = process::ignored(spec);
-    Ok(Grants { program, root, dirs, hidden, network, limits, ignored, role })
+    let config_dir = capabilities::config_dir(&dirs);
+    let keyvalue = capabilities::keyvalue(annotations)?;
+    Ok(Grants { program, root, dirs, hidden, network, limits, ignored, role, config_dir, keyvalue })
 }
 
 /// The network a spec asks for, without judging the rest of the spec: the

@@ -88,6 +88,24 @@ impl Grants {
             Some(n) => row("linux.resources.pids.limit", n.to_string(), "most instances alive at once"),
             None => row("linux.resources.pids.limit", "unset", "no cap on live instances"),
         });
+        rows.push(match &self.config_dir {
+            Some(d) => row(
+                format!("mounts (bind) at {}", crate::CONFIG_DIR),
+                d.display().to_string(),
+                "wasi:config: one entry per file (key = file name, value = contents), read at Create",
+            ),
+            None => row(format!("mounts at {}", crate::CONFIG_DIR), "none", "wasi:config links, with no entries"),
+        });
+        let kv = format!("annotations[{}]", crate::KEYVALUE_ANNOTATION);
+        rows.push(match &self.keyvalue {
+            crate::KeyValue::Denied => row(kv, "unset", "no wasi:keyvalue: a component importing it is refused"),
+            crate::KeyValue::Memory => {
+                row(kv, "memory", "wasi:keyvalue: an in-memory store shared by this shim's containers (the pod's)")
+            }
+            crate::KeyValue::Redis { url } => {
+                row(kv, url, "wasi:keyvalue: that Redis server, reached from the container's network")
+            }
+        });
         for i in &self.ignored {
             rows.push(row(i.setting, "set", format!("no effect: {}", i.why)));
         }
@@ -110,20 +128,26 @@ impl Grants {
 
 impl fmt::Display for Grants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows = self.rows();
-        let w0 = rows.iter().map(|r| r.setting.len()).max().unwrap_or(0).max(7);
-        let w1 = rows.iter().map(|r| r.value.chars().count().min(48)).max().unwrap_or(0).max(5);
-        writeln!(f, "{:w0$}  {:w1$}  GRANT", "SETTING", "VALUE")?;
-        for r in rows {
-            let mut v: String = r.value.chars().take(48).collect();
-            if r.value.chars().count() > 48 {
-                v.pop();
-                v.push('~');
-            }
-            writeln!(f, "{:w0$}  {:w1$}  {}", r.setting, v, r.grant)?;
-        }
-        Ok(())
+        write!(f, "{}", table(&self.rows()))
     }
+}
+
+/// Rows as the aligned table `wasmcell explain` prints.
+pub fn table(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut f = String::new();
+    let w0 = rows.iter().map(|r| r.setting.len()).max().unwrap_or(0).max(7);
+    let w1 = rows.iter().map(|r| r.value.chars().count().min(48)).max().unwrap_or(0).max(5);
+    let _ = writeln!(f, "{:w0$}  {:w1$}  GRANT", "SETTING", "VALUE");
+    for r in rows {
+        let mut v: String = r.value.chars().take(48).collect();
+        if r.value.chars().count() > 48 {
+            v.pop();
+            v.push('~');
+        }
+        let _ = writeln!(f, "{:w0$}  {:w1$}  {}", r.setting, v, r.grant);
+    }
+    f
 }
 
 #[cfg(test)]
@@ -150,6 +174,8 @@ mod tests {
             "1048576",
             "0.50 of a core",
             "GREETING",
+            "wasi:config links, with no entries",
+            "no wasi:keyvalue",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

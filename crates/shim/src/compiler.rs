@@ -32,15 +32,22 @@ fn kind_name(kind: WasmKind) -> &'static str {
 /// bomb: compile time grows faster than linearly with a function's locals).
 /// It runs in the shim's cgroup, the container's (a pod's), under its CPU
 /// and memory bounds.
-pub fn out_of_process(bytes: &[u8], kind: WasmKind, limit: Duration) -> Result<Vec<u8>, EngineError> {
+/// `deny_features` are the Wasm features the runtime handler's policy turns
+/// off: the child's engine must match the shim's, or the shim could not
+/// load what it compiled.
+pub fn out_of_process(
+    bytes: &[u8],
+    kind: WasmKind,
+    limit: Duration,
+    deny_features: &[String],
+) -> Result<Vec<u8>, EngineError> {
     let failed = EngineError::Compiler;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(ACTION)
-        .arg(kind_name(kind))
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.arg(ACTION).arg(kind_name(kind));
+    if !deny_features.is_empty() {
+        cmd.arg(DENY_FEATURES).arg(deny_features.join(","));
+    }
+    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     crate::sys::process::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| failed(format!("cannot start: {e}")))?;
     let (mut stdin, mut stdout, stderr) =
@@ -101,14 +108,29 @@ pub fn out_of_process(bytes: &[u8], kind: WasmKind, limit: Duration) -> Result<V
     Err(failed(format!("{status} {msg}").trim_end().to_string()))
 }
 
+/// The child's flag naming the Wasm features its engine turns off.
+const DENY_FEATURES: &str = "--deny-wasm-features";
+
 /// The child's side: compiles stdin to stdout. Exit 0, or 1 with Wasmtime's
-/// reason on stderr, or 2 for a usage or set-up error.
-pub fn run_child(kind: Option<&str>) -> i32 {
-    let kind = match kind {
+/// reason on stderr, or 2 for a usage or set-up error. `args` follow the
+/// action: `component|module [--deny-wasm-features a,b]`.
+pub fn run_child(args: &[String]) -> i32 {
+    let policy = match (args.get(1).map(String::as_str), args.get(2)) {
+        (None, _) => None,
+        (Some(DENY_FEATURES), Some(list)) => Some(wasmcell_engine::Policy {
+            deny_wasm_features: list.split(',').map(str::to_string).collect(),
+            ..Default::default()
+        }),
+        other => {
+            eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] (got {other:?})");
+            return 2;
+        }
+    };
+    let kind = match args.first().map(String::as_str) {
         Some("component") => WasmKind::Component,
         Some("module") => WasmKind::Module,
         other => {
-            eprintln!("usage: {ACTION} component|module < WASM > ARTIFACT (got {other:?})");
+            eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] < WASM > ARTIFACT (got {other:?})");
             return 2;
         }
     };
@@ -117,7 +139,7 @@ pub fn run_child(kind: Option<&str>) -> i32 {
         eprintln!("reading the Wasm from stdin: {e}");
         return 2;
     }
-    let engine = match Engine::new() {
+    let engine = match Engine::with_policy(None, None, policy) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");

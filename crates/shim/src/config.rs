@@ -3,9 +3,12 @@
 //! `WASMCELL_CACHE_MAX_MB`), an HTTP component's address (its env), and the
 //! guest runtime's size.
 
+use containerd_shim_protos::protobuf;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use wasmcell_engine::cache::CacheConfig;
-use wasmcell_grants::Grants;
+use wasmcell_grants::{Grants, Policy};
+
+use crate::ShimError;
 
 /// The compile cache: `<Root>/cache` when the runtime options (containerd's
 /// `runtimes.wasmtime.options`, type `containerd.runc.v1.Options`) set
@@ -22,6 +25,40 @@ pub(crate) fn cache(options: Option<&Any>) -> Option<CacheConfig> {
         Some(r) => Some(CacheConfig { dir: std::path::Path::new(&r).join("cache"), ..from_env.unwrap_or_default() }),
         None => from_env,
     }
+}
+
+/// The runtime handler's policy file: `ConfigPath` of the runtime options
+/// when they are `runtimeoptions.v1.Options`, which containerd's CRI sends
+/// for every runtime handler but runc's (`[...runtimes.NAME.options]
+/// ConfigPath = "FILE"`) and `ctr run --runtime-config-path FILE` sends.
+pub(crate) fn policy_path(options: Option<&Any>) -> Result<Option<std::path::PathBuf>, ShimError> {
+    let Some(a) = options.filter(|a| a.type_url.ends_with("runtimeoptions.v1.Options")) else {
+        return Ok(None);
+    };
+    // message Options { string type_url = 1; string config_path = 2; string config_body = 3; }
+    let bad = |e: protobuf::Error| ShimError::InvalidArgument(format!("runtime options ({}): {e}", a.type_url));
+    let mut input = protobuf::CodedInputStream::from_bytes(&a.value);
+    let mut path = String::new();
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
+        match (tag >> 3, tag & 7) {
+            (2, 2) => path = input.read_string().map_err(bad)?,
+            (_, wire) => {
+                let wire = protobuf::rt::WireType::new(wire).ok_or_else(|| {
+                    ShimError::InvalidArgument(format!("runtime options ({}): bad wire type {wire}", a.type_url))
+                })?;
+                input.skip_field(wire).map_err(bad)?
+            }
+        }
+    }
+    Ok((!path.is_empty()).then(|| path.into()))
+}
+
+/// Reads and checks the policy file at `path`.
+pub(crate) fn load_policy(path: &std::path::Path) -> Result<Policy, ShimError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ShimError::InvalidArgument(format!("runtime policy {} (the handler's ConfigPath): {e}", path.display()))
+    })?;
+    Ok(Policy::parse(&text, path)?)
 }
 
 /// Where an HTTP component listens when its env says nothing.

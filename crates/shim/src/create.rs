@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api;
-use wasmcell_engine::{GuestConfig, GuestStats, SocketScope};
-use wasmcell_grants::{Grants, Network, Role};
+use wasmcell_engine::{Granted, GuestConfig, GuestStats, KvStore, MemoryStore, RedisStore, SocketScope};
+use wasmcell_grants::{Grants, KeyValue, Network, Role};
 use wasmcell_oci::EntrypointError;
 
 use crate::container::{cleanup, private_dir, Container, Workload};
@@ -231,30 +231,62 @@ impl TaskService {
         // blocking work, kept off the RPC threads like the rest.
         let (svc, options) = (self.clone(), req.options.clone().into_option());
         let engine = blocking(move || svc.engine_with(options.as_ref())).await??;
+        let scope = socket_scope(&grants.network, &netns::joined());
+        let keyvalue = self.keyvalue_store(grants, scope)?;
+        let granted = Granted { keyvalue: keyvalue.is_some() };
         let program = match opened {
             Ok(file) => {
                 // Its stats of the layer directories block too.
                 let mounts = req.rootfs.clone();
                 blocking(move || {
                     let id = file.id(crate::rootfs::layers_dev(&mounts));
-                    engine.prepare_file(&file, id)
+                    engine.prepare_file(&file, id, granted)
                 })
                 .await??
             }
             // Not in the rootfs: the image may carry its Wasm as layers.
             Err(e @ (EntrypointError::NotFound(_) | EntrypointError::Rootfs { .. })) => {
                 let (bytes, kind) = self.wasm_from_layers(&req.id, &grants.program.entrypoint, e).await?;
-                blocking(move || engine.prepare(&bytes, kind)).await??
+                blocking(move || engine.prepare(&bytes, kind, granted)).await??
             }
             Err(e) => return Err(not_wasm_hint(e, &grants.role)),
         };
-        let scope = socket_scope(&grants.network, &netns::joined());
-        let mut config = GuestConfig::from_grants(grants, &private_dir(bundle), scope)?;
+        let g = grants.clone();
+        let private = private_dir(bundle);
+        let mut config = blocking(move || GuestConfig::from_grants(&g, &private, scope)).await??;
+        config.keyvalue = keyvalue;
         let (k, b, m) = (self.inner.kernel.clone(), bundle.to_path_buf(), mounted_rootfs.map(Path::to_path_buf));
         let config =
             blocking(move || k.grant_views(&mut config, &b, m.as_deref(), &private_dir(&b)).map(|()| config)).await??;
         let listener = if program.is_server() { Some(listen(grants, scope)?) } else { None };
         Ok((Workload::Wasm { program, config }, listener))
+    }
+
+    /// The `wasi:keyvalue` store the container's grants name: the shim's
+    /// in-memory store (shared by a pod's containers), or a Redis server,
+    /// which the guest reaches only through the network its spec grants.
+    fn keyvalue_store(&self, grants: &Grants, scope: SocketScope) -> Result<Option<KvStore>, ShimError> {
+        Ok(match &grants.keyvalue {
+            KeyValue::Denied => None,
+            KeyValue::Memory => Some(KvStore::Memory(
+                self.inner
+                    .memory_kv
+                    .get_or_init(|| Arc::new(MemoryStore::new(wasmcell_engine::keyvalue::MEMORY_STORE_MAX_BYTES)))
+                    .clone(),
+            )),
+            KeyValue::Redis { url } => {
+                if scope == SocketScope::Denied {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "{}={url} needs the network the spec grants, and the shim could not enter it (see the shim log)",
+                        wasmcell_grants::KEYVALUE_ANNOTATION
+                    )));
+                }
+                let store = RedisStore::new(url).map_err(|e| {
+                    ShimError::InvalidArgument(format!("{}: {e}", wasmcell_grants::KEYVALUE_ANNOTATION))
+                })?;
+                Some(KvStore::Redis(Arc::new(store)))
+            }
+        })
     }
 
     /// Joins the container's cgroup if this shim has not joined one yet.

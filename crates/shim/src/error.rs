@@ -65,8 +65,9 @@ impl From<wasmcell_engine::EngineError> for ShimError {
     fn from(e: wasmcell_engine::EngineError) -> Self {
         use wasmcell_engine::EngineError as E;
         match &e {
-            // What the image's Wasm is or needs: the request's fault.
-            E::Compile(_) | E::Link(_) | E::NoEntry { .. } => ShimError::InvalidArgument(e.to_string()),
+            // What the image's Wasm is or needs: the request's fault; so is
+            // what its grants or the handler's policy do not allow.
+            E::Compile(_) | E::Link(_) | E::NoEntry { .. } | E::Denied(_) => ShimError::InvalidArgument(e.to_string()),
             // Valid, but beyond what this node gives one instance or compile.
             E::TooBig(_) | E::TooCostly(_) => ShimError::FailedPrecondition(e.to_string()),
             // Changed under us: retrying may succeed.

@@ -148,6 +148,8 @@ impl TaskService {
         };
         let engine = self.engine()?;
         let p = path.to_string();
+        // The exec has its container's grants, the key-value store included.
+        let granted = wasmcell_engine::Granted { keyvalue: base.keyvalue.is_some() };
         blocking(move || {
             let file = match wasmcell_oci::open_entrypoint(&root, &p) {
                 Ok(f) => f,
@@ -155,7 +157,7 @@ impl TaskService {
                     return Err(format!("{e}; only WebAssembly programs in the container's image can be executed"))
                 }
             };
-            match engine.prepare_file(&file, None) {
+            match engine.prepare_file(&file, None, granted) {
                 Ok(program) if program.is_server() => {
                     Err(format!("{p} is an HTTP component; exec runs command components and WASI modules"))
                 }

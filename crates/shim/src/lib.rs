@@ -48,7 +48,7 @@ pub fn main() {
         return;
     }
     if args.get(1).map(String::as_str) == Some(compiler::ACTION) {
-        std::process::exit(compiler::run_child(args.get(2).map(String::as_str)));
+        std::process::exit(compiler::run_child(&args[2..]));
     }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,

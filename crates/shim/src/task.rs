@@ -40,6 +40,9 @@ pub(crate) struct Inner {
     /// The cgroup this shim joined, and which container owns it.
     pub(crate) cgroup: crate::sys::cgroup::Owner,
     pub(crate) kernel: Arc<dyn Kernel>,
+    /// The in-memory `wasi:keyvalue` store of this shim's containers (a
+    /// pod's), made when the first one is granted it.
+    pub(crate) memory_kv: OnceLock<Arc<wasmcell_engine::MemoryStore>>,
 }
 
 /// Runs blocking work (file reads, compiles, mounts, unmounts) off the RPC
@@ -71,25 +74,59 @@ impl TaskService {
                 pid: std::process::id(),
                 cgroup: Default::default(),
                 kernel,
+                memory_kv: OnceLock::new(),
             }),
         }
     }
 
     pub(crate) fn engine(&self) -> Result<Engine, ShimError> {
-        self.engine_with(None)
+        match self.inner.engine.get() {
+            Some(e) => Ok(e.clone()),
+            None => self.engine_with(None),
+        }
     }
 
     /// The shim's engine, created at the first Create with the compile cache
-    /// that Create's runtime options (or the environment) configure.
+    /// and the runtime handler's policy that Create's runtime options (or
+    /// the environment) configure. Every Create reads its policy file
+    /// afresh: a file that no longer parses refuses the container, and one
+    /// that differs from the engine's cannot apply to it (a pod's containers
+    /// share one handler, so this takes a change of the file mid-pod).
     pub(crate) fn engine_with(&self, options: Option<&Any>) -> Result<Engine, ShimError> {
+        let policy = match config::policy_path(options)? {
+            Some(p) => Some(config::load_policy(&p)?),
+            None => None,
+        };
         if let Some(e) = self.inner.engine.get() {
+            if e.policy() != policy.as_ref() {
+                let name = |p: Option<&wasmcell_engine::Policy>| {
+                    p.map_or("no policy".to_string(), |p| format!("policy {}", p.path.display()))
+                };
+                return Err(ShimError::FailedPrecondition(format!(
+                    "this shim runs its containers under {} as it read it at its first container, and this \
+                     container asks for {} (as it reads now); a pod's containers share one runtime handler and its \
+                     policy",
+                    name(e.policy()),
+                    name(policy.as_ref())
+                )));
+            }
             return Ok(e.clone());
         }
         let cache = config::cache(options);
         log::info!("compile cache: {}", cache.as_ref().map_or("off".to_string(), |c| c.dir.display().to_string()));
+        if let Some(p) = &policy {
+            log::info!(
+                "runtime policy {}: deny_imports {:?}, deny_wasm_features {:?}",
+                p.path.display(),
+                p.deny_imports,
+                p.deny_wasm_features
+            );
+        }
         let limit = config::compile_timeout();
-        let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k| crate::compiler::out_of_process(b, k, limit));
-        let e = Engine::with_options(cache, Some(compiler)).map_err(|e| ShimError::Internal(e.to_string()))?;
+        let features = policy.as_ref().map(|p| p.deny_wasm_features.clone()).unwrap_or_default();
+        let compiler: wasmcell_engine::Compiler =
+            Arc::new(move |b, k| crate::compiler::out_of_process(b, k, limit, &features));
+        let e = Engine::with_policy(cache, Some(compiler), policy).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.inner.engine.get_or_init(|| e).clone())
     }
 
