@@ -12,6 +12,11 @@ have hyperfine || need+=(hyperfine)
 have ip || need+=(iproute2)
 have script || need+=(util-linux)
 have gcc || need+=(gcc libc6-dev)
+# The registry suite: a local registry (distribution 2.8) and the client
+# that pushes image-layout tarballs into it (each test starts its own
+# registry; the package's service on port 5000 is not used).
+have docker-registry || need+=(docker-registry)
+have skopeo || need+=(skopeo)
 # protoc: the CRI client of the Kubernetes end-to-end suite is generated from
 # the CRI protobufs at build time.
 have protoc || need+=(protobuf-compiler)

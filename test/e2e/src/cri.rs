@@ -74,6 +74,10 @@ fn cri_section_v2(d: &Path) -> String {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{d}/cni"
+  # Registry hosts (`hosts.toml` per host) from the test's directory only:
+  # see Cri::trust_plain_http_registry.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{d}/certs.d"
 "#,
         d = d.display(),
         bin = cni_bin_dir().display(),
@@ -89,6 +93,10 @@ fn cri_section_v3(d: &Path) -> String {
   snapshotter = "overlayfs"
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "{PAUSE_IMAGE}"
+  # Registry hosts from the test's directory only, not 2.x's default
+  # /etc/containerd/certs.d: see Cri::trust_plain_http_registry.
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{d}/certs.d"
 [plugins."io.containerd.cri.v1.runtime"]
   # This VM lacks CAP_SYS_RESOURCE: never raise oom_score_adj.
   restrict_oom_score_adj = true
@@ -305,6 +313,48 @@ impl Cri {
     pub fn import_layout(&self, tar: &Path, name: &str) {
         self.cd.ctr_ns(K8S_NS, &["images", "import", "--all-platforms", tar.to_str().unwrap()]).ok();
         self.wait_images_tagged(&[name]);
+    }
+
+    /// Lets CRI pull from the plain-HTTP registry at `addr`
+    /// (`127.0.0.1:PORT`): a `hosts.toml` for that host in the config_path
+    /// directory, which 1.6, 1.7 and 2.x all read at each pull, so it may
+    /// be written after containerd started. Without it, containerd speaks
+    /// HTTPS to the registry.
+    pub fn trust_plain_http_registry(&self, addr: &str) {
+        let dir = self.cd.dir.path().join("certs.d").join(addr);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = format!(
+            r#"server = "http://{addr}"
+
+[host."http://{addr}"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+"#
+        );
+        std::fs::write(dir.join("hosts.toml"), hosts).unwrap();
+    }
+
+    /// PullImage of `image` for a pod configured as `pod_config`, as kubelet
+    /// calls it: the image's reference (its ID) on success.
+    pub fn pull_image(&self, image: &str, pod_config: &cri::PodSandboxConfig) -> CriResult<String> {
+        let mut i = self.images.clone();
+        self.block_on(i.pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+            auth: None,
+            sandbox_config: Some(pod_config.clone()),
+        }))
+        .map(|r| r.into_inner().image_ref)
+    }
+
+    /// ImageStatus of `image` (a name or an ID); `None` when CRI has no
+    /// such image.
+    pub fn image_status(&self, image: &str) -> CriResult<Option<cri::Image>> {
+        let mut i = self.images.clone();
+        self.block_on(i.image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+            verbose: false,
+        }))
+        .map(|r| r.into_inner().image)
     }
 
     /// Removes `containers`, then stops and removes `pod`, as kubelet does
