@@ -105,7 +105,7 @@ pub fn check_wasm(bytes: &[u8]) -> Option<(WasmKind, Result<(), String>)> {
             return None;
         }
     };
-    let outcome = match engine().prepare(bytes, kind) {
+    let outcome = match engine().prepare(bytes, kind, Default::default()) {
         Ok(program) => {
             // Accepted only if it is valid Wasm by the most permissive reading.
             let mut v = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());

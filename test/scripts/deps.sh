@@ -17,6 +17,10 @@ have gcc || need+=(gcc libc6-dev)
 # registry; the package's service on port 5000 is not used).
 have docker-registry || need+=(docker-registry)
 have skopeo || need+=(skopeo)
+# wasi:keyvalue's Redis store: each test starts its own redis-server on
+# 127.0.0.1 (redis-cli and redis-benchmark come with it, in redis-tools).
+have redis-server || need+=(redis-server)
+have redis-cli || need+=(redis-tools)
 # protoc: the CRI client of the Kubernetes end-to-end suite is generated from
 # the CRI protobufs at build time.
 have protoc || need+=(protobuf-compiler)

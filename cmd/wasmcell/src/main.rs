@@ -211,7 +211,9 @@ fn main() -> Result<()> {
                 for (name, wasm) in items {
                     let started = std::time::Instant::now();
                     let result = wasmcell_oci::classify(&wasm).map_err(|e| anyhow::anyhow!(e)).and_then(|kind| {
-                        engine.prepare(&wasm, kind, Default::default()).map_err(|e| anyhow::anyhow!(e))
+                        engine
+                            .prepare(&wasm, kind, wasmcell_engine::Granted { keyvalue: true })
+                            .map_err(|e| anyhow::anyhow!(e))
                     });
                     match result {
                         Ok(_) => println!("{name}: ready ({} ms)", started.elapsed().as_millis()),

@@ -87,6 +87,16 @@ impl TaskService {
                 "restoring from a checkpoint is not supported for Wasm containers".into(),
             ));
         }
+        // The handler's policy, checked at every Create, the sandbox's too:
+        // a pod on a handler whose policy file is broken fails to start.
+        log::info!(
+            "create id={}: runtime options {:?}",
+            req.id,
+            req.options.as_ref().map(|a| (&a.type_url, a.value.len()))
+        );
+        if let Some(p) = self.handler_policy(req.options.as_ref())? {
+            blocking(move || crate::config::load_policy(&p)).await??;
+        }
         let bundle = PathBuf::from(&req.bundle);
         let b = bundle.clone();
         let (spec, grants) = blocking(move || wasmcell_grants::grants_for_bundle(&b)).await??;

@@ -43,6 +43,10 @@ pub(crate) struct Inner {
     /// The in-memory `wasi:keyvalue` store of this shim's containers (a
     /// pod's), made when the first one is granted it.
     pub(crate) memory_kv: OnceLock<Arc<wasmcell_engine::MemoryStore>>,
+    /// The runtime handler's policy file, from the first Create's runtime
+    /// options (a pod's sandbox: containerd may send a pod's containers
+    /// none), for every container of this shim.
+    pub(crate) handler_policy: OnceLock<Option<std::path::PathBuf>>,
 }
 
 /// Runs blocking work (file reads, compiles, mounts, unmounts) off the RPC
@@ -75,6 +79,7 @@ impl TaskService {
                 cgroup: Default::default(),
                 kernel,
                 memory_kv: OnceLock::new(),
+                handler_policy: OnceLock::new(),
             }),
         }
     }
@@ -93,7 +98,7 @@ impl TaskService {
     /// that differs from the engine's cannot apply to it (a pod's containers
     /// share one handler, so this takes a change of the file mid-pod).
     pub(crate) fn engine_with(&self, options: Option<&Any>) -> Result<Engine, ShimError> {
-        let policy = match config::policy_path(options)? {
+        let policy = match self.handler_policy(options)? {
             Some(p) => Some(config::load_policy(&p)?),
             None => None,
         };
@@ -128,6 +133,23 @@ impl TaskService {
             Arc::new(move |b, k| crate::compiler::out_of_process(b, k, limit, &features));
         let e = Engine::with_policy(cache, Some(compiler), policy).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.inner.engine.get_or_init(|| e).clone())
+    }
+
+    /// The handler's policy file: the one this Create's runtime options
+    /// name, which must be the shim's (the first Create's), or the shim's
+    /// when they name none.
+    pub(crate) fn handler_policy(&self, options: Option<&Any>) -> Result<Option<std::path::PathBuf>, ShimError> {
+        let named = config::policy_path(options)?;
+        let shim = self.inner.handler_policy.get_or_init(|| named.clone());
+        match named {
+            Some(p) if shim.as_ref() != Some(&p) => Err(ShimError::FailedPrecondition(format!(
+                "this container's runtime options name the policy {}, and this shim serves its pod under {}; a pod's \
+                 containers share one runtime handler",
+                p.display(),
+                shim.as_ref().map_or("none".to_string(), |s| s.display().to_string())
+            ))),
+            _ => Ok(shim.clone()),
+        }
     }
 
     pub(crate) fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {

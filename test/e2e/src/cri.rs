@@ -20,6 +20,9 @@ use crate::{fixtures_dir, target_dir, wait, Containerd, Release, Schema, Version
 
 /// The runtime handler registered for wasmcell, as a RuntimeClass names it.
 pub const HANDLER: &str = "wasmtime";
+/// A second handler of the same runtime, under the policy file
+/// `strict.toml` in the test's containerd directory (written by the test).
+pub const STRICT_HANDLER: &str = "wasmtime-strict";
 /// The sandbox image CRI is configured with; built and imported locally.
 pub const PAUSE_IMAGE: &str = "wasmcell.test/pause:1";
 /// The Wasm fixtures, imported into CRI's namespace.
@@ -71,6 +74,14 @@ fn cri_section_v2(d: &Path) -> String {
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
       runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmcell.dev/*"]
+      container_annotations = ["wasmcell.dev/*"]
+    # The same runtime under a policy (the test writes the file).
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{STRICT_HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmcell.dev/*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{STRICT_HANDLER}.options]
+        ConfigPath = "{d}/strict.toml"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{d}/cni"
@@ -109,6 +120,13 @@ fn cri_section_v3(d: &Path) -> String {
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{HANDLER}]
       runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmcell.dev/*"]
+      container_annotations = ["wasmcell.dev/*"]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{STRICT_HANDLER}]
+      runtime_type = "io.containerd.wasmtime.v1"
+      pod_annotations = ["wasmcell.dev/*"]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{STRICT_HANDLER}.options]
+        ConfigPath = "{d}/strict.toml"
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{bin}"]
     conf_dir = "{d}/cni"
@@ -401,10 +419,16 @@ impl Cri {
     }
 
     pub fn run_pod(&self, config: &cri::PodSandboxConfig) -> CriResult<String> {
+        self.run_pod_on(config, HANDLER)
+    }
+
+    /// RunPodSandbox with runtime handler `handler` ([`HANDLER`] or
+    /// [`STRICT_HANDLER`]).
+    pub fn run_pod_on(&self, config: &cri::PodSandboxConfig, handler: &str) -> CriResult<String> {
         let mut r = self.runtime.clone();
         self.block_on(r.run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: HANDLER.into(),
+            runtime_handler: handler.into(),
         }))
         .map(|r| r.into_inner().pod_sandbox_id)
     }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub mod cri;
 pub mod hostile;
+pub mod redis;
 pub mod registry;
 pub mod wait;
 
