@@ -262,7 +262,10 @@ impl store::HostBucket for KvView<'_> {
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), KvError> {
         match self.bucket(&bucket)? {
-            (KvStore::Memory(m), b) => Ok(m.delete(&b, &[key])),
+            (KvStore::Memory(m), b) => {
+                m.delete(&b, &[key]);
+                Ok(())
+            }
             (KvStore::Redis(r), b) => r.query::<()>(redis_cmd("HDEL").arg(b).arg(key)).await,
         }
     }
@@ -342,7 +345,10 @@ impl batch::Host for KvView<'_> {
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Result<(), KvError> {
         match self.bucket(&bucket)? {
-            (KvStore::Memory(m), b) => Ok(m.delete(&b, &keys)),
+            (KvStore::Memory(m), b) => {
+                m.delete(&b, &keys);
+                Ok(())
+            }
             (KvStore::Redis(_), _) if keys.is_empty() => Ok(()),
             (KvStore::Redis(r), b) => r.query::<()>(redis_cmd("HDEL").arg(b).arg(&keys)).await,
         }
