@@ -90,6 +90,40 @@ impl Program {
         matches!(self, Program::Http(_) | Program::Http3(_))
     }
 
+    /// The compiled image it runs from: its code and data, mapped from
+    /// the artifact.
+    fn image(&self) -> std::ops::Range<*const u8> {
+        match self {
+            Program::Command(p) => p.instance_pre().component().image_range(),
+            Program::Command3(p) => p.instance_pre().component().image_range(),
+            Program::Module(p) => p.module().image_range(),
+            Program::Http(p) => p.instance_pre().component().image_range(),
+            Program::Http3(p) => p.instance_pre().component().image_range(),
+        }
+    }
+
+    /// Bytes of its image in memory now (the pages its instances touched:
+    /// code run, data read), by mincore(2); 0 if that cannot be told.
+    pub fn resident_image_bytes(&self) -> u64 {
+        let r = self.image();
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as usize;
+        let start = (r.start as usize) & !(page - 1);
+        let end = r.end as usize;
+        if end <= start {
+            return 0;
+        }
+        let pages = (end - start).div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `start..end` lies within the image mapping `self` keeps
+        // alive (start rounded down to its page, as mincore requires; the
+        // mapping is page-aligned); `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return 0;
+        }
+        (vec.iter().filter(|b| **b & 1 == 1).count() * page) as u64
+    }
+
     /// What it is, as `wasmcell explain` and the logs name it.
     pub fn world(&self) -> &'static str {
         match self {
@@ -261,6 +295,17 @@ impl Engine {
                 compiler,
                 policy: policy.map(Arc::new),
             }),
+        })
+    }
+
+    /// Bytes the pooling allocator keeps resident in slots no instance uses
+    /// now (memories, tables and stacks kept warm for the next instance):
+    /// memory the shim's guests caused and that stays with the shim.
+    pub fn warm_pool_bytes(&self) -> u64 {
+        self.inner.engine.pooling_allocator_metrics().map_or(0, |m| {
+            (m.unused_memory_bytes_resident()
+                + m.unused_table_bytes_resident()
+                + m.unused_stack_bytes_resident().unwrap_or(0)) as u64
         })
     }
 

@@ -1,6 +1,8 @@
 //! Stats for `ctr task metrics` / CRI ContainerStats, in containerd's cgroup
-//! v2 metrics format, from the guest's own accounting: memory is its linear
-//! memories and tables, CPU the time its store was being polled.
+//! v2 metrics format, from the guest's own accounting: memory is its live
+//! instances' linear memories and tables plus what the container holds
+//! between instances (its program's resident image, its share of the warm
+//! pool: `held`); CPU the time its stores were being polled.
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +13,14 @@ use wasmcell_engine::GuestStats;
 
 /// For an HTTP server, `pids.current` is the number of live instances
 /// (requests being handled); for a command, 1 while it runs.
-pub(crate) fn to_any(stats: &GuestStats, memory_limit: Option<u64>, live: bool, server: bool) -> Result<Any, String> {
+pub(crate) fn to_any(
+    stats: &GuestStats,
+    memory_limit: Option<u64>,
+    live: bool,
+    server: bool,
+    held: u64,
+) -> Result<Any, String> {
+    let guest = stats.memory_bytes.load(Ordering::Relaxed);
     let current = if server { stats.requests_in_flight.load(Ordering::Relaxed) } else { u64::from(live) };
     let cpu_ns = stats.cpu_ns.load(Ordering::Relaxed);
     let m = Metrics {
@@ -26,10 +35,11 @@ pub(crate) fn to_any(stats: &GuestStats, memory_limit: Option<u64>, live: bool, 
         })
         .into(),
         memory: Some(MemoryStat {
-            usage: stats.memory_bytes.load(Ordering::Relaxed),
+            usage: guest + held,
             usage_limit: memory_limit.unwrap_or(u64::MAX),
-            max_usage: stats.memory_max_bytes.load(Ordering::Relaxed),
-            anon: stats.memory_bytes.load(Ordering::Relaxed),
+            max_usage: stats.memory_max_bytes.load(Ordering::Relaxed).max(guest) + held,
+            anon: guest,
+            file_mapped: held,
             ..Default::default()
         })
         .into(),

@@ -15,7 +15,7 @@ use containerd_shim_protos::api::Status;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use wasmcell_engine::Engine;
 
-use crate::container::Container;
+use crate::container::{Container, Workload};
 use crate::events::Events;
 use crate::lifecycle::{Killed, State};
 use crate::supervisor::{ignored_signal, now, stop_signal};
@@ -150,6 +150,21 @@ impl TaskService {
             ))),
             _ => Ok(shim.clone()),
         }
+    }
+
+    /// Memory a container holds beyond its live instances' memories and
+    /// tables: the resident pages of its program's image, and its share of
+    /// the slots the pooling allocator keeps warm (split evenly among the
+    /// shim's Wasm containers, whose instances made them).
+    fn held_memory(&self, c: &Container) -> u64 {
+        let Workload::Wasm { program, .. } = &c.workload else { return 0 };
+        let image = program.resident_image_bytes();
+        let wasm = {
+            let map = self.inner.containers.lock().unwrap_or_else(|p| p.into_inner());
+            map.values().filter(|c| matches!(c.workload, Workload::Wasm { .. })).count().max(1) as u64
+        };
+        let warm = self.inner.engine.get().map_or(0, |e| e.warm_pool_bytes());
+        image + warm / wasm
     }
 
     pub(crate) fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
@@ -364,7 +379,9 @@ impl Task for TaskService {
                 c.stats.memory_bytes.load(Relaxed)
             );
         }
-        let any = crate::metrics::to_any(&c.stats, c.stats.memory_cap(), live, server).map_err(ShimError::Internal)?;
+        let held = self.held_memory(&c);
+        let any =
+            crate::metrics::to_any(&c.stats, c.stats.memory_cap(), live, server, held).map_err(ShimError::Internal)?;
         Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
     }
 

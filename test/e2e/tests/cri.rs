@@ -97,6 +97,30 @@ fn wasm_pod_lifecycle_like_kubelet() {
     let cpu = s.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds.as_ref()).map_or(0, |v| v.value);
     assert!(cpu > 0, "CPU of a container that served a request: {s:?}");
 
+    // Stats that add up: an idle HTTP container holds memory (its program's
+    // resident image, warm pool slots), and the containers' figures are
+    // within what the pod cgroup, which also holds the shim, is charged.
+    let ws = |id: &str| {
+        let s = c.container_stats(id).expect("ContainerStats");
+        s.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map_or(0, |v| v.value)
+    };
+    let (web_ws, busy_ws) = (ws(&web), ws(&busy));
+    let pod_dir = format!("{}/pod-web", c.cd.namespace);
+    let pod_usage: u64 = [
+        format!("/sys/fs/cgroup/{pod_dir}/memory.current"),
+        format!("/sys/fs/cgroup/memory/{pod_dir}/memory.usage_in_bytes"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok())
+    .unwrap_or_else(|| panic!("no memory usage for the pod cgroup {pod_dir}"))
+    .trim()
+    .parse()
+    .unwrap();
+    eprintln!("working sets: web {} KiB, busy {} KiB; pod cgroup {} KiB", web_ws >> 10, busy_ws >> 10, pod_usage >> 10);
+    assert!(web_ws > 0, "an idle HTTP container's working set is not 0");
+    assert!(busy_ws >= 16 << 20, "{busy_ws}");
+    assert!(web_ws + busy_ws <= pod_usage, "containers {} + {} > pod cgroup {pod_usage}", web_ws, busy_ws);
+
     // Four containers and the sandbox: still one shim process.
     assert_eq!(c.shim_pids(), shims, "every container of the pod is served by the pod's shim");
 
@@ -208,5 +232,44 @@ fn shim_memory_is_charged_to_the_pod() {
     );
     c.stop_container(&id, 1).unwrap();
     c.remove_pod_and(&pod, &[&id]);
+    c.stop_and_check_clean();
+}
+
+/// A memory bomb in a pod with a memory limit ends as OOM (exit 137,
+/// reason OOMKilled, from the shim's TaskOOM event), and a container of
+/// another pod keeps running, its shim untouched (issue 17, item 1).
+#[test]
+fn memory_bomb_in_a_pod_is_oom_killed_and_other_pods_run_on() {
+    let c = Cri::start();
+    let victim_cfg = c.pod_config("victim");
+    let (victim_pod, _) = c.run_ready_pod(&victim_cfg);
+    let victim = c
+        .create(
+            &victim_pod,
+            &victim_cfg,
+            c.container_config("calm", &["/probe.wasm", "alloc", "4", "sleep", "600000"], &[]),
+        )
+        .expect("CreateContainer calm");
+    c.start_container(&victim).expect("StartContainer calm");
+    let before = c.shim_pids();
+
+    let bomb_cfg = c.pod_config("bomb");
+    let (bomb_pod, _) = c.run_ready_pod(&bomb_cfg);
+    let mut cfg = c.container_config("bomb", &["/probe.wasm", "alloc", "512"], &[]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() }),
+        ..Default::default()
+    });
+    let bomb = c.create(&bomb_pod, &bomb_cfg, cfg).expect("CreateContainer bomb");
+    c.start_container(&bomb).expect("StartContainer bomb");
+    let st = c.wait_exited(&bomb);
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "OOMKilled"), "{st:?}");
+
+    let calm = c.container_status(&victim).expect("ContainerStatus calm");
+    assert_eq!(calm.state, cri::ContainerState::ContainerRunning as i32, "the other pod's container: {calm:?}");
+    assert!(before.iter().all(|p| c.shim_pids().contains(p)), "the other pod's shim is still there");
+    c.stop_container(&victim, 1).expect("StopContainer calm");
+    c.remove_pod_and(&bomb_pod, &[&bomb]);
+    c.remove_pod_and(&victim_pod, &[&victim]);
     c.stop_and_check_clean();
 }
