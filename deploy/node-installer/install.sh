@@ -39,8 +39,11 @@
 #     between the lines
 #       # wasmcell runtime handler
 #       # end wasmcell runtime handler
-#     for the file's schema (no `version` line: 1; or 2, 3), with runc too if
-#     the file registers no CRI runtime; the file before is kept as
+#     for the file's schema (no `version` line: 1; or 2, 3): the handler
+#     `wasmtime`, listing pod_annotations and container_annotations
+#     ["wasmcell.dev/*"] (wasmcell's grants), with runc too if
+#     the file does not register runc, its default runtime (containerd 1.x
+#     keeps only the runtimes a file lists); the file before is kept as
 #     <config>.wasmcell-backup; no file: it is created (`version = 2`). See
 #     `wasmcell containerd-config add --help` and docs/install.md.
 #   The config is checked (`add --check`) before anything is changed.

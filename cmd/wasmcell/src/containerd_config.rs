@@ -8,6 +8,8 @@
 //! # wasmcell runtime handler
 //! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]
 //!   runtime_type = "io.containerd.wasmtime.v1"
+//!   pod_annotations = ["wasmcell.dev/*"]
+//!   container_annotations = ["wasmcell.dev/*"]
 //! # end wasmcell runtime handler
 //! ```
 //!
@@ -24,17 +26,26 @@
 //! - the table `<cri>.containerd.runtimes.wasmtime` with `runtime_type =
 //!   "io.containerd.wasmtime.v1"`, `<cri>` being `plugins.cri` (version 1),
 //!   `plugins."io.containerd.grpc.v1.cri"` (2) or
-//!   `plugins."io.containerd.cri.v1.runtime"` (3);
-//! - for version 1 and 2, when the file registers no other runtime there, also
+//!   `plugins."io.containerd.cri.v1.runtime"` (3), and `pod_annotations` /
+//!   `container_annotations` = `["wasmcell.dev/*"]`: containerd's CRI passes
+//!   a pod's (a container's) annotations to a runtime only when its handler
+//!   lists them, and wasmcell's grants (`wasmcell.dev/keyvalue`) are
+//!   annotations;
+//! - for version 1 and 2, when the file does not register runc there and runc
+//!   is its default runtime (`default_runtime_name` unset or "runc"), also
 //!   `runc` (`io.containerd.runc.v2`): containerd 1.x replaces its built-in
-//!   runtime list with the file's, and without runc its CRI plugin refuses to
-//!   load;
+//!   runtime list with the file's, and without its default runtime its CRI
+//!   plugin refuses to load. Another runtime of the file (a second wasmcell
+//!   handler such as `wasmtime-strict`) does not stand in for runc;
 //! - the file before the block is appended is kept as
 //!   `<config>.wasmcell-backup`;
 //! - no file: it is created as `version = 2` (read by containerd 1.6 to 2.x)
 //!   holding only the block, runc included; its directory must exist;
 //! - a `wasmtime` runtime registered without the markers is left alone if its
-//!   runtime_type is wasmcell's, and is an error otherwise.
+//!   runtime_type is wasmcell's (with a warning if it does not pass the
+//!   `wasmcell.dev/*` annotations), and is an error otherwise;
+//! - a marked block that differs from this one (an older installer's, without
+//!   the annotations) is rewritten in place.
 //!
 //! `remove` takes the block (and the blank line `add` put before it) out. If
 //! the result is the backup, the backup's bytes are put back and the backup is
@@ -64,6 +75,8 @@ const CREATED_HEADER: &str = "# Created by the wasmcell node installer: there wa
 /// What a created file holds besides the block.
 const CREATED_BASE: &str = "version = 2\n";
 const BACKUP_SUFFIX: &str = ".wasmcell-backup";
+/// The annotations containerd's CRI passes to the runtime: wasmcell's grants.
+pub const ANNOTATIONS: &str = "wasmcell.dev/*";
 
 /// The CRI plugin section that holds `containerd.runtimes`, by schema.
 fn plugin_keys(schema: i64) -> &'static [&'static str] {
@@ -110,6 +123,7 @@ pub fn render_block(schema: i64, runc: bool) -> String {
         b.push_str(&format!("[{}]\n  runtime_type = \"{RUNC_TYPE}\"\n", runtime_table(schema, "runc")));
     }
     b.push_str(&format!("[{}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n", runtime_table(schema, "wasmtime")));
+    b.push_str(&format!("  pod_annotations = [\"{ANNOTATIONS}\"]\n  container_annotations = [\"{ANNOTATIONS}\"]\n"));
     b.push_str(MARK_END);
     b.push('\n');
     b
@@ -159,6 +173,19 @@ fn runtimes(doc: &DocumentMut, schema: i64) -> Runtimes<'_> {
     Runtimes::Found { table, inline }
 }
 
+/// The CRI plugin's default runtime in a file: its
+/// `containerd.default_runtime_name`, "runc" when unset.
+fn default_runtime(doc: &DocumentMut, schema: i64) -> String {
+    let mut item = doc.as_item();
+    for key in plugin_keys(schema).iter().chain(&["containerd", "default_runtime_name"]) {
+        match item.as_table_like().and_then(|t| t.get(key)) {
+            Some(i) => item = i,
+            None => return "runc".to_string(),
+        }
+    }
+    item.as_str().unwrap_or("runc").to_string()
+}
+
 /// A runtime named wasmtime, as a file defines it.
 enum Wasmtime {
     Absent,
@@ -175,6 +202,27 @@ fn wasmtime(runtimes: &dyn TableLike) -> Wasmtime {
             Some(t) => Wasmtime::Defined(t.get("runtime_type").and_then(Item::as_str).unwrap_or("").to_string()),
             None => Wasmtime::WrongType(a(item)),
         },
+    }
+}
+
+/// Whether the runtime wasmtime's `pod_annotations` let wasmcell's
+/// annotation `wasmcell.dev/keyvalue` through (as containerd matches them:
+/// Go's `path.Match`, whose `*` and `?` never match a `/`).
+fn passes_annotations(runtimes: &dyn TableLike) -> bool {
+    let Some(patterns) = runtimes.get("wasmtime").and_then(|w| w.get("pod_annotations")).and_then(Item::as_array)
+    else {
+        return false;
+    };
+    patterns.iter().filter_map(|p| p.as_str()).any(|p| glob(p.as_bytes(), b"wasmcell.dev/keyvalue"))
+}
+
+/// Go's `path.Match` for `*` and `?` (other characters literal).
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => s.first().is_some_and(|&c| c != b'/') && glob(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
     }
 }
 
@@ -344,15 +392,22 @@ pub fn plan_add(current: Option<&str>, name: &str) -> Result<AddPlan> {
         }
     }
 
-    let (existing, others, inline) = match runtimes(&doc, schema) {
-        Runtimes::Missing => (Wasmtime::Absent, false, None),
+    let (existing, has_runc, inline, annotated) = match runtimes(&doc, schema) {
+        Runtimes::Missing => (Wasmtime::Absent, false, None, false),
         Runtimes::WrongType { path, found } => {
             bail!(
                 "{name}: {path} is {found}, not a table, so the table [{table}] cannot be added; fix the file by hand"
             )
         }
-        Runtimes::Found { table: t, inline } => (wasmtime(t), t.iter().any(|(k, _)| k != "wasmtime"), inline),
+        Runtimes::Found { table: t, inline } => (wasmtime(t), t.contains_key("runc"), inline, passes_annotations(t)),
     };
+    // containerd 1.x replaces its built-in runtimes (runc) with the file's,
+    // and its CRI plugin does not load without the default runtime: runc is
+    // needed when it is the default (default_runtime_name unset or "runc")
+    // and the file, outside the block, does not register it. Another
+    // handler (wasmtime-strict, a kata) is no runc. (containerd 2.x merges
+    // its runtimes with the file's, but also reads version 1 and 2 files.)
+    let needs_runc = schema != 3 && !has_runc && default_runtime(&doc, schema) == "runc";
     match existing {
         Wasmtime::WrongType(found) => {
             bail!("{name}: {table} is {found}, not a table; fix or remove it by hand")
@@ -374,12 +429,23 @@ pub fn plan_add(current: Option<&str>, name: &str) -> Result<AddPlan> {
                 false,
                 format!("{name} already registers runtime wasmtime (added by hand, without the wasmcell markers): left as is"),
             ));
-            if schema != 3 && !others {
+            if !annotated {
                 notes.push((
                     true,
                     format!(
-                        "{name} registers no runtime but wasmtime: containerd 1.x then has no runc, and its CRI plugin \
-                         does not load; add [{}] with runtime_type = \"{RUNC_TYPE}\"",
+                        "{name}: the runtime wasmtime does not list pod_annotations = [\"{ANNOTATIONS}\"], so \
+                         containerd's CRI does not pass a pod's wasmcell.dev/keyvalue annotation to wasmcell; add \
+                         pod_annotations = [\"{ANNOTATIONS}\"] and container_annotations = [\"{ANNOTATIONS}\"] to \
+                         [{table}]"
+                    ),
+                ));
+            }
+            if needs_runc {
+                notes.push((
+                    true,
+                    format!(
+                        "{name} does not register runc, the default runtime: containerd 1.x then has no runc, and its \
+                         CRI plugin does not load; add [{}] with runtime_type = \"{RUNC_TYPE}\"",
                         runtime_table(schema, "runc")
                     ),
                 ));
@@ -427,10 +493,7 @@ pub fn plan_add(current: Option<&str>, name: &str) -> Result<AddPlan> {
         ));
     }
 
-    // containerd 1.x replaces its built-in runtimes (runc) with the file's:
-    // keep runc when the wasmtime table would be the file's first runtime.
-    // (containerd 2.x merges them, but also reads version 1 and 2 files.)
-    let runc = schema != 3 && !others;
+    let runc = needs_runc;
     let block = render_block(schema, runc);
     let (action, text) = if let Some(&(b, e)) = marked.first() {
         if marked.len() == 1 && lines[b..=e].concat() == block {
@@ -462,6 +525,7 @@ fn verify(text: &str, schema: i64, runc: bool, name: &str, table: &str) -> Resul
         bail!("{name}: the edited file does not register the runtime wasmtime; left alone")
     };
     let ok = matches!(wasmtime(t), Wasmtime::Defined(ref ty) if ty == RUNTIME_TYPE)
+        && passes_annotations(t)
         && (!runc || t.get("runc").and_then(|r| r.get("runtime_type")).and_then(Item::as_str) == Some(RUNC_TYPE));
     if !ok {
         bail!("{name}: the edited file does not register the runtime wasmtime as intended; left alone");
@@ -760,12 +824,61 @@ root = "/var/lib/containerd"
             p.text,
             format!(
                 "{V2}\n{MARK_BEGIN}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n  \
-                 runtime_type = \"{RUNTIME_TYPE}\"\n{MARK_END}\n"
+                 runtime_type = \"{RUNTIME_TYPE}\"\n  pod_annotations = [\"wasmcell.dev/*\"]\n  \
+                 container_annotations = [\"wasmcell.dev/*\"]\n{MARK_END}\n"
             )
         );
         assert_eq!(runtime_type(&p.text, 2, "wasmtime").as_deref(), Some(RUNTIME_TYPE));
         assert_eq!(runtime_type(&p.text, 2, "runc").as_deref(), Some(RUNC_TYPE));
         assert!(p.notes.iter().all(|(w, _)| !w), "{:?}", p.notes);
+    }
+
+    /// The string array `key` of runtime `name` in schema's section.
+    fn runtime_list(text: &str, schema: i64, name: &str, key: &str) -> Vec<String> {
+        let doc: DocumentMut = text.parse().unwrap();
+        let Runtimes::Found { table, .. } = runtimes(&doc, schema) else { return Vec::new() };
+        let Some(a) = table.get(name).and_then(|t| t.get(key)).and_then(Item::as_array) else { return Vec::new() };
+        a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn every_schema_passes_the_wasmcell_annotations() {
+        let created = plan_add(None, "c").unwrap().text;
+        for (text, schema) in [(add_text(V1).text, 1), (add_text(V2).text, 2), (add_text(V3).text, 3), (created, 2)] {
+            for key in ["pod_annotations", "container_annotations"] {
+                assert_eq!(runtime_list(&text, schema, "wasmtime", key), ["wasmcell.dev/*"], "{key}:\n{text}");
+            }
+            // Only wasmcell's handler: runc's table is left as it was.
+            assert!(runtime_list(&text, schema, "runc", "pod_annotations").is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_block_without_the_annotations_is_rewritten() {
+        // What an installer before the annotations wrote.
+        let old_block = format!(
+            "{MARK_BEGIN}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime]\n  \
+             runtime_type = \"{RUNTIME_TYPE}\"\n{MARK_END}\n"
+        );
+        let p = add_text(&format!("{V2}\n{old_block}"));
+        assert_eq!(p.action, AddAction::Replace);
+        assert_eq!(p.text, add_text(V2).text);
+        assert_eq!(plan_remove(&p.text, Some(V2.as_bytes()), "c").unwrap().action, RemoveAction::Restore);
+    }
+
+    #[test]
+    fn annotation_patterns_match_as_containerd_matches_them() {
+        for (pattern, passes) in [
+            ("wasmcell.dev/*", true),
+            ("wasmcell.dev/keyvalue", true),
+            ("*/*", true),
+            ("wasmcell.*/k?yvalue", true),
+            ("*", false),
+            ("wasmcell.dev/", false),
+            ("example.com/*", false),
+        ] {
+            assert_eq!(glob(pattern.as_bytes(), b"wasmcell.dev/keyvalue"), passes, "{pattern}");
+        }
     }
 
     #[test]
@@ -787,6 +900,27 @@ root = "/var/lib/containerd"
         assert_eq!(runtime_type(&p.text, 2, "runc").as_deref(), Some(RUNC_TYPE));
         assert_eq!(runtime_type(&p.text, 2, "wasmtime").as_deref(), Some(RUNTIME_TYPE));
         assert_eq!(p.block, render_block(2, true));
+    }
+
+    #[test]
+    fn another_handler_is_no_runc() {
+        // A file without runc, whose only runtime is a second wasmcell handler
+        // added by hand: runc still goes into the block.
+        let strict = "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime-strict]\n  \
+                      runtime_type = \"io.containerd.wasmtime.v1\"\n  \
+                      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmtime-strict.options]\n    \
+                      ConfigPath = \"/etc/wasmcell/strict.toml\"\n";
+        let p = add_text(&format!("{V2_NO_RUNTIMES}{strict}"));
+        assert_eq!(p.block, render_block(2, true));
+        // Added after install: a second install keeps runc in the block.
+        let installed = add_text(V2_NO_RUNTIMES).text;
+        let p = add_text(&format!("{installed}{strict}"));
+        assert_eq!(p.action, AddAction::Keep, "{}", p.text);
+        assert_eq!(runtime_type(&p.text, 2, "runc").as_deref(), Some(RUNC_TYPE));
+        // Another default runtime, registered: no runc.
+        let crun = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"crun\"\n\
+                    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+        assert_eq!(add_text(crun).block, render_block(2, false));
     }
 
     #[test]
@@ -873,6 +1007,9 @@ root = "/var/lib/containerd"
         assert_eq!(p.action, AddAction::Keep);
         assert_eq!(p.text, by_hand);
         assert!(p.notes.iter().any(|(_, m)| m.contains("already registers runtime wasmtime")));
+        assert!(p.notes.iter().any(|(w, m)| *w && m.contains("pod_annotations")), "{:?}", p.notes);
+        let annotated = format!("{by_hand}  pod_annotations = ['wasmcell.dev/*']\n");
+        assert!(add_text(&annotated).notes.iter().all(|(w, _)| !w), "{:?}", add_text(&annotated).notes);
         let r = plan_remove(&by_hand, None, "c").unwrap();
         assert_eq!(r.action, RemoveAction::Keep);
         assert!(r.notes[0].1.contains("did not add"));

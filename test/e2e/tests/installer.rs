@@ -5,7 +5,8 @@
 //! config is edited by the workspace's release `wasmcell` (`wasmcell
 //! containerd-config add|remove`), which the installer also installs. For
 //! each sample config: `install` puts the shim and wasmcell in place and
-//! registers exactly one `wasmtime` runtime table (and no table twice:
+//! registers exactly one `wasmtime` runtime table, listing the annotations
+//! `wasmcell.dev/*` for pods and containers (and no table twice:
 //! containerd refuses a file with a duplicate table); a second `install`
 //! leaves every byte as it was; containerd itself reads the result
 //! (`containerd --config F config dump`) and sees the handler next to its
@@ -322,6 +323,37 @@ fn runtime_types(toml: &str, schema: u32, name: &str) -> Vec<String> {
     vec![item.as_str().unwrap_or_else(|| panic!("runtime_type of {name} is not a string:\n{toml}")).to_string()]
 }
 
+/// The string list KEY of runtime NAME in TOML (a config or a dump), for
+/// schema; empty when not set.
+fn runtime_list(toml: &str, schema: u32, name: &str, key: &str) -> Vec<String> {
+    let doc = parse(toml);
+    let mut item = doc.as_item();
+    for k in plugin_path(schema).iter().chain(&["containerd", "runtimes", name, key]) {
+        match item.get(k) {
+            Some(i) => item = i,
+            None => return Vec::new(),
+        }
+    }
+    let list = item.as_array().unwrap_or_else(|| panic!("{key} of {name} is not an array:\n{toml}"));
+    list.iter().map(|v| v.as_str().unwrap_or_else(|| panic!("{key} of {name}: not a string")).to_string()).collect()
+}
+
+/// The annotations wasmcell's grants are made of, passed by CRI to the
+/// runtime only when its handler lists them.
+const ANNOTATIONS: &[&str] = &["wasmcell.dev/*"];
+
+/// The handler lists wasmcell's annotations for pods and containers.
+fn check_annotations(toml: &str, schema: u32) {
+    for key in ["pod_annotations", "container_annotations"] {
+        assert_eq!(runtime_list(toml, schema, "wasmtime", key), ANNOTATIONS, "{key}:\n{toml}");
+    }
+}
+
+/// The schema a config file declares (no `version`: 1).
+fn file_schema(toml: &str) -> u32 {
+    parse(toml).get("version").and_then(|v| v.as_integer()).map_or(1, |v| v as u32)
+}
+
 /// What containerd insists on, read from the file itself: no table defined
 /// twice, exactly one `wasmtime` runtime table, in the section of the file's
 /// schema, with wasmcell's runtime_type; and runc still registered.
@@ -374,6 +406,17 @@ fn check_dump(containerd: &Path, config: &Path) {
         "{}: runc lost:\n{dump}",
         containerd.display()
     );
+    // The annotations the file lists are what containerd passes on.
+    let file = fs::read_to_string(config).unwrap();
+    let file_schema = file_schema(&file);
+    for key in ["pod_annotations", "container_annotations"] {
+        assert_eq!(
+            runtime_list(&dump, schema, "wasmtime", key),
+            runtime_list(&file, file_schema, "wasmtime", key),
+            "{}: {key}:\n{dump}",
+            containerd.display()
+        );
+    }
 }
 
 /// install, install again, uninstall, with every check; `validate` gets the
@@ -391,6 +434,7 @@ fn cycle(original: Option<&str>, schema: u32, validate: &dyn Fn(&Path)) -> Strin
     assert_eq!(fs::metadata(&cli).unwrap().permissions().mode() & 0o777, 0o755);
     let installed = node.read_config();
     check_registered(&installed, schema);
+    check_annotations(&installed, schema);
     validate(&node.config());
 
     let again = node.ok("install");
@@ -482,6 +526,7 @@ fn wasmtime_registered_by_hand_is_left_alone() {
     let node = Node::new(Some(&original));
     let out = node.ok("install");
     assert!(out.contains("already registers runtime wasmtime"), "{out}");
+    assert!(out.contains("pod_annotations"), "no warning about the annotations it does not pass:\n{out}");
     assert_eq!(node.read_config(), original, "the config must not change");
     check_registered(&original, 2);
     dump_with_1_and_2(&node.config());
@@ -543,7 +588,8 @@ fn conflicting_wasmtime_runtime_is_refused() {
 #[test]
 fn outdated_block_is_rewritten_in_place() {
     // A block that differs from what this installer writes (an older
-    // installer's, or one edited by hand) is replaced, not duplicated.
+    // installer's: without runc, without the annotations; or one edited by
+    // hand) is replaced, not duplicated.
     let node = Node::new(Some(V2_NO_RUNTIMES));
     node.ok("install");
     let good = node.read_config();
@@ -552,6 +598,7 @@ fn outdated_block_is_rewritten_in_place() {
         .filter(|l| {
             !l.starts_with("# runc")
                 && !l.starts_with("# containerd 1.x")
+                && !l.contains("_annotations = ")
                 && !l.contains("runtimes.runc]")
                 && !l.contains("runc.v2")
         })
