@@ -55,6 +55,18 @@ fn wasm_pod_lifecycle_like_kubelet() {
     c.start_container(&failing).expect("StartContainer fails");
     let st = c.wait_exited(&failing);
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+    // A restart, as kubelet makes it: a new container of the same name,
+    // attempt 1, in the same sandbox (and the same shim), next to the
+    // exited one.
+    let mut again = c.container_config("fails", &["/exit-code-p1.wasm", "4"], &[]);
+    again.metadata.as_mut().unwrap().attempt = 1;
+    again.log_path = "fails-1.log".into();
+    let restarted = c.create(&pod, &pod_cfg, again).expect("CreateContainer fails, attempt 1");
+    c.start_container(&restarted).expect("StartContainer fails, attempt 1");
+    let st = c.wait_exited(&restarted);
+    assert_eq!((st.exit_code, st.metadata.as_ref().map(|m| m.attempt)), (4, Some(1)), "{st:?}");
+    assert_eq!(c.container_status(&failing).unwrap().exit_code, 3, "the first attempt keeps its status");
+    assert_eq!(c.shim_pids(), shims, "the restart runs in the pod's shim");
 
     // An HTTP container: listens in the pod's network namespace, reachable
     // at the pod IP from the node, as a probe or a Service would reach it.
@@ -153,7 +165,7 @@ fn wasm_pod_lifecycle_like_kubelet() {
     assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
     assert!(st.exit_code == 137 || st.exit_code == 143, "{st:?}");
 
-    for id in [&hello, &failing, &web, &busy] {
+    for id in [&hello, &failing, &restarted, &web, &busy] {
         c.remove_container(id).expect("RemoveContainer");
     }
     c.stop_pod(&pod).expect("StopPodSandbox");
