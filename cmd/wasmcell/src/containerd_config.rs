@@ -118,7 +118,7 @@ fn runtime_table(schema: i64, name: &str) -> String {
 pub fn render_block(schema: i64, runc: bool) -> String {
     let mut b = format!("{MARK_BEGIN}\n");
     if runc {
-        b.push_str("# runc, containerd's default runtime: this file defined no runtimes, and\n");
+        b.push_str("# runc, containerd's default runtime: this file did not register it, and\n");
         b.push_str("# containerd 1.x keeps only the runtimes a config file lists.\n");
         b.push_str(&format!("[{}]\n  runtime_type = \"{RUNC_TYPE}\"\n", runtime_table(schema, "runc")));
     }

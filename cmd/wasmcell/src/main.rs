@@ -68,7 +68,8 @@ enum ContainerdConfigCmd {
     /// Appends the table `<CRI plugin>.containerd.runtimes.wasmtime` for the
     /// file's config version (1, 2 or 3) between the marker lines `# wasmcell
     /// runtime handler` and `# end wasmcell runtime handler`, with runc too if
-    /// the file registers no runtime (version 1 and 2). Keeps the previous file
+    /// the file does not register runc and runc is its default runtime
+    /// (version 1 and 2). Keeps the previous file
     /// as <CONFIG>.wasmcell-backup; creates a `version = 2` file if there is
     /// none. Changes nothing if the handler is there already; refuses a file it
     /// cannot edit safely.
