@@ -50,6 +50,15 @@ fn run(engine: &Engine, wasm: &[u8], cfg: GuestConfig, stats: Arc<GuestStats>) -
     let kind = classify(wasm).unwrap();
     let granted = wasmcell_engine::Granted { keyvalue: cfg.keyvalue.is_some() };
     let program = engine.prepare(wasm, kind, granted).expect("prepare");
+    run_program(engine, &program, cfg, stats)
+}
+
+fn run_program(
+    engine: &Engine,
+    program: &wasmcell_engine::Program,
+    cfg: GuestConfig,
+    stats: Arc<GuestStats>,
+) -> Captured {
     let (out_r, out_w) = pipe();
     let (err_r, err_w) = pipe();
     let out = drain(out_r);
@@ -57,7 +66,7 @@ fn run(engine: &Engine, wasm: &[u8], cfg: GuestConfig, stats: Arc<GuestStats>) -
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let exit = rt.block_on(async {
         let io = GuestIo { stdin: None, stdout: Some(out_w), stderr: Some(err_w) };
-        engine.run(&program, &cfg, io, stats).await
+        engine.run(program, &cfg, io, stats).await
     });
     drop(rt);
     Captured { exit, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
@@ -378,13 +387,13 @@ fn a_component_importing_unserved_interfaces_is_told_each_one() {
     let e = Engine::new().unwrap();
     let comp = wat::parse_str(
         r#"(component
-             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "f" (func))))
+             (import "wasi:blobstore/container@0.2.0-draft" (instance (export "f" (func))))
              (import "acme:db/query@1.0.0" (instance (export "g" (func))))
              (import "wasi:cli/environment@0.3.0" (instance (export "get-environment" (func)))))"#,
     )
     .unwrap();
     let msg = e.prepare(&comp, WasmKind::Component, Default::default()).err().expect("refused").to_string();
-    for name in ["`wasi:keyvalue/store@0.2.0-draft`", "`acme:db/query@1.0.0`", "WASI 0.3.x", "wasi:http"] {
+    for name in ["`wasi:blobstore/container@0.2.0-draft`", "`acme:db/query@1.0.0`", "WASI 0.3.x", "wasi:http"] {
         assert!(msg.contains(name), "{name} not in: {msg}");
     }
 }
@@ -669,4 +678,40 @@ fn policy_turns_features_off_and_denies_imports() {
     // from the default engine's.
     let c = run(&strict, &fixture("hello.wasm"), config(d.path(), &["/hello.wasm"]), Default::default());
     assert_eq!(c.exit.unwrap(), Exit::Code(0), "{}", c.stderr);
+}
+
+/// A first start (nothing in the cache) runs baseline code at once, with
+/// the output and exit code the optimized code gives, and moves over to the
+/// optimized code when the background compile has put it in the cache; the
+/// next start loads that (issue 18).
+#[test]
+fn first_start_runs_baseline_code_then_optimized_code() {
+    use wasmcell_engine::{FirstStart, Tier};
+    let d = tmp();
+    let cache = wasmcell_engine::cache::CacheConfig { dir: d.path().join("cache"), ..Default::default() };
+    let e = Engine::with_cache(Some(cache)).unwrap().with_first_start(FirstStart::Baseline);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (wasm, argv, code, out) in [
+        ("hello.wasm", vec!["/hello.wasm", "x"], 0, "hello from wasmcell\nargs: /hello.wasm x\n"),
+        ("trap.wasm", vec!["t"], 134, ""),
+        ("exit-code-p1.wasm", vec!["e", "42"], 42, ""),
+        ("p3-command.wasm", vec!["c", "args", "exit", "3"], 3, "arg: args\n"),
+    ] {
+        let bytes = fixture(wasm);
+        let program = e.prepare(&bytes, classify(&bytes).unwrap(), Default::default()).unwrap();
+        assert_eq!(program.tier(), Tier::Baseline, "{wasm}: a first start");
+        let first = run_program(&e, &program, config(d.path(), &argv), Default::default());
+        assert!(rt.block_on(program.optimized()), "{wasm}: the optimizing compile finished");
+        assert_eq!(program.tier(), Tier::Optimized);
+        let upgraded = run_program(&e, &program, config(d.path(), &argv), Default::default());
+        let again = e.prepare(&bytes, classify(&bytes).unwrap(), Default::default()).unwrap();
+        assert_eq!(again.tier(), Tier::Optimized, "{wasm}: the next start loads the cached artifact");
+        let later = run_program(&e, &again, config(d.path(), &argv), Default::default());
+        for c in [&first, &upgraded, &later] {
+            let exit = c.exit.as_ref().unwrap().status();
+            assert_eq!(exit, code, "{wasm}: {}", c.stderr);
+            assert!(c.stdout.contains(out), "{wasm}: {:?}", c.stdout);
+        }
+        assert_eq!(first.stdout, later.stdout, "{wasm}");
+    }
 }
