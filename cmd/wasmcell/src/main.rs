@@ -199,7 +199,9 @@ fn main() -> Result<()> {
                 config.dir = d;
             }
             let policy = policy.map(|p| read_policy(&p)).transpose()?;
-            let engine = wasmcell_engine::Engine::with_policy(Some(config.clone()), None, policy)?;
+            // Optimized code into the cache: warming is for later starts.
+            let engine = wasmcell_engine::Engine::with_policy(Some(config.clone()), None, policy)?
+                .with_first_start(wasmcell_engine::FirstStart::Optimized);
             let mut failed = false;
             for input in inputs {
                 let bytes = std::fs::read(&input).with_context(|| format!("read {}", input.display()))?;

@@ -201,6 +201,14 @@ impl Cache {
         Ok(())
     }
 
+    /// The compiled artifact for `wasm` if the cache holds a sound one.
+    pub fn get(&self, digest: &blake3::Hash, kind: WasmKind) -> Option<Artifact> {
+        match Self::read(&self.entry(digest, kind)) {
+            Ok(Some(f)) => Some(Artifact(Art::File(f))),
+            _ => None,
+        }
+    }
+
     /// The compiled artifact for `wasm`: from the cache, or compiled with
     /// `compile` and stored. Errors of the cache itself (full disk, read-only
     /// directory) never fail the caller: it compiles without caching.

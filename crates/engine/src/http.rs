@@ -25,7 +25,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 use crate::ctx::{GuestConfig, GuestIo, P2State};
 use crate::limiter::{GuestStats, MemoryLimiter};
 use crate::run::{Exit, Metered};
-use crate::{Engine, EngineError, Program};
+use crate::{Engine, EngineError, Kind, Program};
 
 /// Default bound on requests handled at once when `pids.limit` is unset.
 pub const DEFAULT_CONCURRENCY: usize = 128;
@@ -51,6 +51,7 @@ fn shared(fd: Option<OwnedFd>) -> Result<Option<SharedOut>, EngineError> {
 }
 
 /// What serves the requests.
+#[derive(Clone)]
 enum Handler {
     /// A 0.2 handler: a fresh instance per request.
     P2(ProxyPre<P2State>),
@@ -60,7 +61,9 @@ enum Handler {
 
 struct Server {
     engine: Engine,
-    handler: Handler,
+    /// Swapped for the optimized code's when a first start's background
+    /// compile is done; requests already running keep theirs.
+    handler: std::sync::RwLock<Handler>,
     config: GuestConfig,
     stats: Arc<GuestStats>,
     stdout: Option<SharedOut>,
@@ -91,6 +94,24 @@ fn text(status: u16, body: &str) -> hyper::Response<WasiBody> {
     r
 }
 
+impl Handler {
+    fn of(kind: &Kind) -> Result<Handler, EngineError> {
+        match kind {
+            Kind::Http(pre) => Ok(Handler::P2(pre.clone())),
+            Kind::Http3(pre) => Ok(Handler::P3(crate::http3::Pool::new(pre.clone()))),
+            _ => Err(EngineError::NoEntry { what: "not an HTTP handler: it runs, it is not served".into() }),
+        }
+    }
+
+    /// Ends a 0.3 handler's instances when dropped (serving has ended).
+    fn stopper(&self) -> Option<crate::http3::Stopper> {
+        match self {
+            Handler::P3(pool) => Some(crate::http3::Stopper(pool.clone())),
+            Handler::P2(_) => None,
+        }
+    }
+}
+
 impl Server {
     async fn note(&self, msg: String) {
         if let Some(n) = &self.notes {
@@ -110,7 +131,8 @@ impl Server {
         };
         let _running = self.engine.inner.ticker.running();
         self.stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-        let resp = match &self.handler {
+        let handler = self.handler.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let resp = match &handler {
             Handler::P2(pre) => self.clone().instance(pre.clone(), req).await,
             Handler::P3(pool) => {
                 let host: Arc<dyn crate::http3::Host> = self.clone();
@@ -136,7 +158,7 @@ impl Server {
         pre: ProxyPre<P2State>,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> Result<hyper::Response<WasiBody>, String> {
-        let mut store = self.store().map_err(|e| e.to_string())?;
+        let mut store = self.store(pre.instance_pre().engine()).map_err(|e| e.to_string())?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| format!("{e:#}"))?;
         let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
@@ -177,7 +199,7 @@ impl Server {
     /// A store for one instance: stdio shared by all instances, the memory
     /// limiter on the container's budget, its share of the handle bound (a
     /// handler needs tens, at least 256), the epoch callback.
-    fn store(&self) -> Result<Store<P2State>, EngineError> {
+    fn store(&self, engine: &wasmtime::Engine) -> Result<Store<P2State>, EngineError> {
         let mut b = self.config.builder(GuestIo::default())?;
         if let Some(o) = &self.stdout {
             b.stdout(o.clone());
@@ -187,6 +209,7 @@ impl Server {
         }
         let handles = (crate::limiter::max_handles() / self.concurrency).max(256);
         Ok(self.engine.component_store(
+            engine,
             b.build(),
             MemoryLimiter::new(self.stats.clone()),
             &self.config,
@@ -206,8 +229,8 @@ impl Server {
 }
 
 impl crate::http3::Host for Server {
-    fn store(&self) -> Result<Store<P2State>, EngineError> {
-        Server::store(self)
+    fn store(&self, engine: &wasmtime::Engine) -> Result<Store<P2State>, EngineError> {
+        Server::store(self, engine)
     }
 
     fn spawn(&self, task: Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> tokio::task::AbortHandle {
@@ -280,10 +303,12 @@ impl Engine {
         header_timeout: Duration,
     ) -> Result<Exit, EngineError> {
         // The live limits are `stats`' (see `Engine::run`).
-        let (handler, component) = match program {
-            Program::Http(pre) => (Handler::P2(pre.clone()), pre.instance_pre().component()),
-            Program::Http3(pre) => (Handler::P3(crate::http3::Pool::new(pre.clone())), pre.instance_pre().component()),
-            _ => return Err(EngineError::NoEntry { what: "not an HTTP handler: it runs, it is not served".into() }),
+        let kind = program.kind();
+        let handler = Handler::of(&kind)?;
+        let component = match &kind {
+            Kind::Http(pre) => pre.instance_pre().component(),
+            Kind::Http3(pre) => pre.instance_pre().component(),
+            _ => unreachable!("Handler::of took only handlers"),
         };
         let ctx_err = |e: std::io::Error| EngineError::Context { what: "listener".into(), reason: e.to_string() };
         listener.set_nonblocking(true).map_err(ctx_err)?;
@@ -300,12 +325,12 @@ impl Engine {
         // preopens: its instances are built without them, which saves an
         // open and a close of every preopened directory per request.
         let mut config = config.clone();
-        if !component.component_type().imports(self.wasmtime()).any(|(name, _)| name.starts_with("wasi:filesystem/")) {
+        if !component.component_type().imports(kind.engine()).any(|(name, _)| name.starts_with("wasi:filesystem/")) {
             config.preopens.clear();
         }
         let server = Arc::new(Server {
             engine: self.clone(),
-            handler,
+            handler: std::sync::RwLock::new(handler.clone()),
             config,
             stats: stats.clone(),
             stdout: shared(io.stdout)?,
@@ -318,10 +343,21 @@ impl Engine {
         let _ended = Ended(end_tx);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let _reporter = Reporter(tokio::spawn(report(stats.clone())));
-        let _stopper = match &server.handler {
-            Handler::P3(pool) => Some(crate::http3::Stopper(pool.clone())),
-            Handler::P2(_) => None,
-        };
+        let _stopper = handler.stopper();
+        // A first start's handler moves to the optimized code when it is
+        // ready (new requests; a 0.3 handler's new instances).
+        let _upgrader = program.upgrade().filter(|_| program.tier() == crate::Tier::Baseline).map(|u| {
+            let (server, mut ready) = (server.clone(), u.ready.clone());
+            Reporter(tokio::spawn(async move {
+                let Ok(kind) = ready.wait_for(|k| k.is_some()).await.map(|k| k.clone()) else { return };
+                let Some(Ok(new)) = kind.as_ref().map(Handler::of) else { return };
+                let _stopper = new.stopper();
+                *server.handler.write().unwrap_or_else(|p| p.into_inner()) = new;
+                log::info!("http: new requests run the optimized code");
+                // Holds the new 0.3 pool's stopper until serving ends.
+                std::future::pending::<()>().await
+            }))
+        });
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let Ok(permit) = connections.clone().acquire_owned().await else { break };

@@ -65,8 +65,8 @@ struct Worker {
 /// How a new instance is made and run: the server supplies the store (with
 /// its limits and stdio) and the task wrapper (CPU metering, tick).
 pub(crate) trait Host: Send + Sync + 'static {
-    /// A fresh store for one instance.
-    fn store(&self) -> Result<wasmtime::Store<P2State>, crate::EngineError>;
+    /// A fresh store for one instance of code compiled for `engine`.
+    fn store(&self, engine: &wasmtime::Engine) -> Result<wasmtime::Store<P2State>, crate::EngineError>;
     /// Runs an instance's task (on the caller's runtime).
     fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send>>) -> tokio::task::AbortHandle;
     /// The shim's word on an instance that ended in a trap.
@@ -167,7 +167,7 @@ impl Pool {
         mut jobs: mpsc::UnboundedReceiver<Job>,
     ) {
         let instance = async {
-            let mut store = host.store()?;
+            let mut store = host.store(self.pre.instance_pre().engine())?;
             let service = self.pre.instantiate_async(&mut store).await?;
             wasmtime::Result::<_>::Ok((store, service))
         };

@@ -21,12 +21,13 @@ mod limiter;
 mod policy;
 mod run;
 mod ticker;
+mod tiers;
 
 use std::sync::Arc;
 
 use wasmcell_oci::WasmKind;
-use wasmtime::component::{Component, Linker as ComponentLinker};
-use wasmtime::{Config, Linker, Module};
+use wasmtime::component::Component;
+use wasmtime::{Config, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use ctx::{read_config_dir, ConfigVars, GuestConfig, GuestIo, P2State, Preopen, SocketScope, Tmpfs};
@@ -37,6 +38,7 @@ pub use keyvalue::{KvStore, MemoryStore, RedisStore};
 pub use limiter::{max_handles, set_max_handles, GuestStats, DEFAULT_MAX_HANDLES};
 pub use policy::{admit, Granted};
 pub use run::Exit;
+pub use tiers::{Cancel, FirstStart, Tier};
 pub use wasmcell_grants::Policy;
 
 use ctx::P1State;
@@ -51,9 +53,14 @@ pub struct Engine {
 }
 
 struct Inner {
-    engine: wasmtime::Engine,
-    components: ComponentLinker<P2State>,
-    modules: Linker<P1State>,
+    /// The optimizing tier: what the cache holds and later starts run.
+    opt: tiers::Linked,
+    /// The baseline tier, made at the first first start that uses it; None
+    /// when this Wasmtime cannot make one (logged).
+    baseline: std::sync::OnceLock<Option<tiers::Linked>>,
+    /// The optimizing tier's configuration, which the baseline's derives from.
+    config: Config,
+    first_start: FirstStart,
     ticker: ticker::Ticker,
     fair: Arc<fairshare::FairShare>,
     cache: Option<cache::Cache>,
@@ -61,15 +68,27 @@ struct Inner {
     policy: Option<Arc<Policy>>,
 }
 
-/// Turns Wasm into this engine's compiled form ([`Engine::precompile`]'s
-/// output), possibly elsewhere: the shim runs the compiler in a child
-/// process, so that a compile's memory and code pages do not stay with a
-/// long-lived shim and a compiler crash cannot take the shim down.
-pub type Compiler = Arc<dyn Fn(&[u8], WasmKind) -> Result<Vec<u8>, EngineError> + Send + Sync>;
+/// Turns Wasm into this engine's compiled form for a tier
+/// ([`Engine::precompile_tier`]'s output), possibly elsewhere: the shim runs
+/// the compiler in a child process, so that a compile's memory and code
+/// pages do not stay with a long-lived shim and a compiler crash cannot take
+/// the shim down. A compile stops (with an error) once `Cancel` is set.
+pub type Compiler = Arc<dyn Fn(&[u8], WasmKind, Tier, &Cancel) -> Result<Vec<u8>, EngineError> + Send + Sync>;
 
 /// A compiled, pre-linked guest, ready to instantiate any number of times.
+///
+/// A first start may run baseline code while the optimized code is being
+/// compiled (see `tiers`): the program then moves to the optimized code
+/// when it is ready; instances made after that run it.
 #[derive(Clone)]
-pub enum Program {
+pub struct Program {
+    kind: Kind,
+    upgrade: Option<Upgrade>,
+}
+
+/// What a program is, and the code it runs.
+#[derive(Clone)]
+pub(crate) enum Kind {
     /// A component exporting `wasi:cli/run@0.2.x`.
     Command(CommandPre<P2State>),
     /// A component exporting `wasi:cli/run@0.3.x`: an async command.
@@ -84,21 +103,77 @@ pub enum Program {
     Http3(wasmtime_wasi_http::p3::bindings::ServicePre<P2State>),
 }
 
+impl Kind {
+    /// The engine (tier) its code was compiled for.
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Kind::Command(p) => p.instance_pre().engine(),
+            Kind::Command3(p) => p.instance_pre().engine(),
+            Kind::Module(p) => p.module().engine(),
+            Kind::Http(p) => p.instance_pre().engine(),
+            Kind::Http3(p) => p.instance_pre().engine(),
+        }
+    }
+}
+
+/// The optimized code of a program started on baseline code: `None` until
+/// the background compile is done. Dropping the last copy of the program
+/// cancels the compile.
+#[derive(Clone)]
+pub(crate) struct Upgrade {
+    pub(crate) ready: tokio::sync::watch::Receiver<Option<Kind>>,
+    _cancel: Arc<tiers::CancelOnDrop>,
+}
+
 impl Program {
+    fn ready(kind: Kind) -> Self {
+        Program { kind, upgrade: None }
+    }
+
+    /// What it runs now: the optimized code once it is ready, else what it
+    /// started with.
+    pub(crate) fn kind(&self) -> Kind {
+        if let Some(Some(k)) = self.upgrade.as_ref().map(|u| u.ready.borrow().clone()) {
+            return k;
+        }
+        self.kind.clone()
+    }
+
+    pub(crate) fn upgrade(&self) -> Option<&Upgrade> {
+        self.upgrade.as_ref()
+    }
+
     /// Serves HTTP rather than running to completion.
     pub fn is_server(&self) -> bool {
-        matches!(self, Program::Http(_) | Program::Http3(_))
+        matches!(self.kind, Kind::Http(_) | Kind::Http3(_))
+    }
+
+    /// The tier of the code it runs now.
+    pub fn tier(&self) -> Tier {
+        match &self.upgrade {
+            Some(u) if u.ready.borrow().is_none() => Tier::Baseline,
+            _ => Tier::Optimized,
+        }
+    }
+
+    /// Waits until it runs optimized code; false if that will not happen
+    /// (the background compile failed or was cancelled).
+    pub async fn optimized(&self) -> bool {
+        match &self.upgrade {
+            None => true,
+            Some(u) => u.ready.clone().wait_for(|k| k.is_some()).await.is_ok(),
+        }
     }
 
     /// The compiled image it runs from: its code and data, mapped from
     /// the artifact.
     fn image(&self) -> std::ops::Range<*const u8> {
-        match self {
-            Program::Command(p) => p.instance_pre().component().image_range(),
-            Program::Command3(p) => p.instance_pre().component().image_range(),
-            Program::Module(p) => p.module().image_range(),
-            Program::Http(p) => p.instance_pre().component().image_range(),
-            Program::Http3(p) => p.instance_pre().component().image_range(),
+        match self.kind() {
+            Kind::Command(p) => p.instance_pre().component().image_range(),
+            Kind::Command3(p) => p.instance_pre().component().image_range(),
+            Kind::Module(p) => p.module().image_range(),
+            Kind::Http(p) => p.instance_pre().component().image_range(),
+            Kind::Http3(p) => p.instance_pre().component().image_range(),
         }
     }
 
@@ -126,12 +201,12 @@ impl Program {
 
     /// What it is, as `wasmcell explain` and the logs name it.
     pub fn world(&self) -> &'static str {
-        match self {
-            Program::Command(_) => "wasi:cli/command@0.2 (component)",
-            Program::Command3(_) => "wasi:cli/command@0.3 (component)",
-            Program::Module(_) => "WASI preview 1 command (core module)",
-            Program::Http(_) => "wasi:http/proxy@0.2 (component)",
-            Program::Http3(_) => "wasi:http/service@0.3 (component)",
+        match &self.kind {
+            Kind::Command(_) => "wasi:cli/command@0.2 (component)",
+            Kind::Command3(_) => "wasi:cli/command@0.3 (component)",
+            Kind::Module(_) => "WASI preview 1 command (core module)",
+            Kind::Http(_) => "wasi:http/proxy@0.2 (component)",
+            Kind::Http3(_) => "wasi:http/service@0.3 (component)",
         }
     }
 }
@@ -250,7 +325,7 @@ impl Engine {
         if let Some(p) = &policy {
             config.wasm_features(policy::denied(p), false);
         }
-        let engine = wasmtime::Engine::new(&config).map_err(|e| match &policy {
+        let opt = tiers::Linked::new(&config).map_err(|e| match &policy {
             Some(p) if !p.deny_wasm_features.is_empty() => EngineError::Setup(format!(
                 "policy {}: deny_wasm_features {:?}: {e:#}",
                 p.path.display(),
@@ -258,26 +333,9 @@ impl Engine {
             )),
             _ => EngineError::setup(e),
         })?;
-
-        let mut components = ComponentLinker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(EngineError::setup)?;
-        fsguard::guard_p2(&mut components).map_err(EngineError::setup)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components).map_err(EngineError::setup)?;
-        // WASI 0.3 in the same linker: a component may import both (Rust's
-        // std brings 0.2 imports into every 0.3 component it builds).
-        wasmtime_wasi::p3::add_to_linker(&mut components).map_err(EngineError::setup)?;
-        fsguard::guard_p3(&mut components).map_err(EngineError::setup)?;
-        wasmtime_wasi_http::p3::add_to_linker(&mut components).map_err(EngineError::setup)?;
-        // Served to every component; what a guest reads is what its spec
-        // grants (an empty config store, no key-value store).
-        wasmtime_wasi_config::add_to_linker(&mut components, P2State::config).map_err(EngineError::setup)?;
-        keyvalue::add_to_linker(&mut components, P2State::keyvalue).map_err(EngineError::setup)?;
-        let mut modules = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut P1State| &mut s.wasi)
-            .map_err(EngineError::setup)?;
-
-        let ticker = ticker::Ticker::new(engine.clone(), TICK);
-        let cache = cache.and_then(|c| match cache::Cache::open(c, &engine) {
+        let ticker = ticker::Ticker::new(TICK);
+        ticker.add(opt.engine.clone());
+        let cache = cache.and_then(|c| match cache::Cache::open(c, &opt.engine) {
             Ok(c) => Some(c),
             Err(e) => {
                 log::warn!("compile cache disabled: {e}");
@@ -286,9 +344,10 @@ impl Engine {
         });
         Ok(Engine {
             inner: Arc::new(Inner {
-                engine,
-                components,
-                modules,
+                opt,
+                baseline: std::sync::OnceLock::new(),
+                config,
+                first_start: FirstStart::from_env(),
                 ticker,
                 fair: Arc::new(fairshare::FairShare::new()),
                 cache,
@@ -298,15 +357,52 @@ impl Engine {
         })
     }
 
+    /// This engine with first starts made as `f` says (the default is
+    /// `WASMCELL_FIRST_START`'s). Only before the engine is shared.
+    pub fn with_first_start(mut self, f: FirstStart) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.first_start = f,
+            None => log::warn!("with_first_start on a shared engine: ignored"),
+        }
+        self
+    }
+
+    /// The baseline tier, made on first use.
+    fn baseline(&self) -> Option<&tiers::Linked> {
+        self.inner
+            .baseline
+            .get_or_init(|| match tiers::Linked::baseline(&self.inner.config) {
+                Ok(l) => {
+                    self.inner.ticker.add(l.engine.clone());
+                    Some(l)
+                }
+                Err(e) => {
+                    log::warn!("no baseline compiler (first starts wait for optimized code): {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    fn tier(&self, tier: Tier) -> Result<&tiers::Linked, EngineError> {
+        match tier {
+            Tier::Optimized => Ok(&self.inner.opt),
+            Tier::Baseline => self.baseline().ok_or_else(|| EngineError::Setup("no baseline compiler".into())),
+        }
+    }
+
     /// Bytes the pooling allocator keeps resident in slots no instance uses
     /// now (memories, tables and stacks kept warm for the next instance):
     /// memory the shim's guests caused and that stays with the shim.
     pub fn warm_pool_bytes(&self) -> u64 {
-        self.inner.engine.pooling_allocator_metrics().map_or(0, |m| {
-            (m.unused_memory_bytes_resident()
-                + m.unused_table_bytes_resident()
-                + m.unused_stack_bytes_resident().unwrap_or(0)) as u64
-        })
+        let warm = |e: &wasmtime::Engine| {
+            e.pooling_allocator_metrics().map_or(0, |m| {
+                (m.unused_memory_bytes_resident()
+                    + m.unused_table_bytes_resident()
+                    + m.unused_stack_bytes_resident().unwrap_or(0)) as u64
+            })
+        };
+        warm(&self.inner.opt.engine) + self.inner.baseline.get().and_then(Option::as_ref).map_or(0, |b| warm(&b.engine))
     }
 
     /// The runtime handler's policy this engine enforces.
@@ -314,14 +410,20 @@ impl Engine {
         self.inner.policy.as_deref()
     }
 
+    /// The optimizing tier's Wasmtime engine.
     pub fn wasmtime(&self) -> &wasmtime::Engine {
-        &self.inner.engine
+        &self.inner.opt.engine
     }
 
     /// Compiles `bytes` in this process into Wasmtime's serialized form,
-    /// loadable by any engine of this configuration.
+    /// loadable by any engine of this configuration (optimized code).
     pub fn precompile(&self, bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
-        let engine = &self.inner.engine;
+        self.precompile_tier(bytes, kind, Tier::Optimized)
+    }
+
+    /// [`precompile`](Self::precompile) for a tier.
+    pub fn precompile_tier(&self, bytes: &[u8], kind: WasmKind, tier: Tier) -> Result<Vec<u8>, EngineError> {
+        let engine = &self.tier(tier)?.engine;
         match kind {
             WasmKind::Component => engine.precompile_component(bytes),
             WasmKind::Module => engine.precompile_module(bytes),
@@ -329,10 +431,10 @@ impl Engine {
         .map_err(EngineError::compile)
     }
 
-    fn compile(&self, bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
+    fn compile(&self, bytes: &[u8], kind: WasmKind, tier: Tier, cancel: &Cancel) -> Result<Vec<u8>, EngineError> {
         match &self.inner.compiler {
-            Some(c) => c(bytes, kind),
-            None => self.precompile(bytes, kind),
+            Some(c) => c(bytes, kind, tier, cancel),
+            None => self.precompile_tier(bytes, kind, tier),
         }
     }
 
@@ -403,7 +505,6 @@ impl Engine {
         granted: Granted,
         wasm: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>, EngineError>,
     ) -> Result<Program, EngineError> {
-        let engine = &self.inner.engine;
         let policy = self.policy();
         // Whatever can be refused without compiling is refused first.
         let checked = || {
@@ -420,52 +521,131 @@ impl Engine {
             }
             Ok::<_, EngineError>(w)
         };
+        let never = Cancel::default();
         let source = match (digest, &self.inner.cache) {
             (Some(d), Some(cache)) => {
-                let (artifact, outcome) = cache.get_or_compile(&d, kind, || self.compile(&checked()?, kind))?;
+                if let Some(artifact) = cache.get(&d, kind) {
+                    log::debug!("{kind:?}: compile cache Hit");
+                    return self.link(Tier::Optimized, kind, &Source::Artifact(artifact), granted).map(Program::ready);
+                }
+                let w = checked()?;
+                if self.inner.first_start.baseline_for(w.len()) {
+                    if let Some(p) = self.first_start(d, &w, kind, granted)? {
+                        return Ok(p);
+                    }
+                }
+                let (artifact, outcome) =
+                    cache.get_or_compile(&d, kind, || self.compile(&w, kind, Tier::Optimized, &never))?;
                 log::debug!("{kind:?}: compile cache {outcome:?}");
                 Source::Artifact(artifact)
             }
             _ if self.inner.compiler.is_some() => {
-                Source::Artifact(cache::Artifact::compiled(self.compile(&checked()?, kind)?))
+                Source::Artifact(cache::Artifact::compiled(self.compile(&checked()?, kind, Tier::Optimized, &never)?))
             }
             _ => Source::Wasm(checked()?),
         };
+        self.link(Tier::Optimized, kind, &source, granted).map(Program::ready)
+    }
+
+    /// A first start: baseline code now, and the optimizing compile into
+    /// the cache on a thread of its own, the program moving over when it is
+    /// done. `None` when there is no baseline tier or it cannot compile
+    /// this Wasm (a proposal Winch lacks): the caller compiles optimized
+    /// code and waits for it.
+    fn first_start(
+        &self,
+        digest: blake3::Hash,
+        wasm: &[u8],
+        kind: WasmKind,
+        granted: Granted,
+    ) -> Result<Option<Program>, EngineError> {
+        if self.baseline().is_none() {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        let artifact = match self.compile(wasm, kind, Tier::Baseline, &Cancel::default()) {
+            Ok(a) => a,
+            // Invalid Wasm, or a proposal the baseline compiler lacks: the
+            // optimizing compiler says which, or compiles it.
+            Err(EngineError::Compile(e)) => {
+                log::info!("{kind:?}: baseline compile refused ({e}); compiling optimized code");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let baseline =
+            self.link(Tier::Baseline, kind, &Source::Artifact(cache::Artifact::compiled(artifact)), granted)?;
+        log::info!(
+            "{kind:?}: first start on baseline code (compiled in {} ms); optimizing in the background",
+            started.elapsed().as_millis()
+        );
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let cancel = Cancel::default();
+        let (engine, wasm, stop) = (self.clone(), wasm.to_vec(), cancel.clone());
+        let spawned = std::thread::Builder::new().name("wasm-optimize".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            let cache = engine.inner.cache.as_ref().expect("first starts are for cached engines");
+            let linked = cache
+                .get_or_compile(&digest, kind, || engine.compile(&wasm, kind, Tier::Optimized, &stop))
+                .and_then(|(artifact, _)| engine.link(Tier::Optimized, kind, &Source::Artifact(artifact), granted));
+            match linked {
+                Ok(k) => {
+                    log::info!("{kind:?}: optimized code ready after {} ms", started.elapsed().as_millis());
+                    let _ = tx.send(Some(k));
+                }
+                Err(_) if stop.is_cancelled() => log::info!("{kind:?}: optimizing compile cancelled"),
+                Err(e) => log::warn!("{kind:?}: optimizing compile failed ({e}); the baseline code keeps running"),
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the optimizing compile: {e}; compiling optimized code now");
+            return Ok(None);
+        }
+        Ok(Some(Program {
+            kind: baseline,
+            upgrade: Some(Upgrade { ready: rx, _cancel: Arc::new(tiers::CancelOnDrop(cancel)) }),
+        }))
+    }
+
+    /// Makes a compiled artifact (or Wasm) of `tier` into a program: loads
+    /// it, checks its imports against the policy and grants, links it.
+    fn link(&self, tier: Tier, kind: WasmKind, source: &Source<'_>, granted: Granted) -> Result<Kind, EngineError> {
+        let linked = self.tier(tier)?;
+        let engine = &linked.engine;
         match kind {
             WasmKind::Component => {
-                let component = match &source {
+                let component = match source {
                     Source::Artifact(a) => cache::load_component(engine, a)?,
                     Source::Wasm(w) => Component::new(engine, &**w).map_err(EngineError::compile)?,
                 };
                 // Also when the artifact came from the cache, without the Wasm.
                 let ty = component.component_type();
                 let names: Vec<&str> = ty.imports(engine).map(|(n, _)| n).collect();
-                policy::check_imports(names, policy, granted)?;
-                let pre = self
-                    .inner
+                policy::check_imports(names, self.policy(), granted)?;
+                let pre = linked
                     .components
                     .instantiate_pre(&component)
-                    .map_err(|e| EngineError::link(imports::explain(&self.inner.components, &component, e)))?;
+                    .map_err(|e| EngineError::link(imports::explain(&linked.components, &component, e)))?;
                 // What it is comes from its exports, not its name; a
                 // handler wins over a command, and 0.3 over 0.2.
                 if let Ok(service) = wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
-                    return Ok(Program::Http3(service));
+                    return Ok(Kind::Http3(service));
                 }
                 if let Ok(proxy) = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone()) {
-                    return Ok(Program::Http(proxy));
+                    return Ok(Kind::Http(proxy));
                 }
                 if let Ok(cmd) = wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()) {
-                    return Ok(Program::Command3(cmd));
+                    return Ok(Kind::Command3(cmd));
                 }
                 let cmd = CommandPre::new(pre).map_err(|_| EngineError::NoEntry {
                     what: "component exports none of wasi:cli/run (0.2.x or 0.3.x), wasi:http/incoming-handler \
                            (0.2.x) or wasi:http/handler (0.3.x): nothing to run"
                         .into(),
                 })?;
-                Ok(Program::Command(cmd))
+                Ok(Kind::Command(cmd))
             }
             WasmKind::Module => {
-                let module = match &source {
+                let module = match source {
                     Source::Artifact(a) => cache::load_module(engine, a)?,
                     Source::Wasm(w) => Module::new(engine, &**w).map_err(EngineError::compile)?,
                 };
@@ -477,8 +657,8 @@ impl Engine {
                                 .into(),
                     }),
                 }
-                let pre = self.inner.modules.instantiate_pre(&module).map_err(EngineError::link)?;
-                Ok(Program::Module(pre))
+                let pre = linked.modules.instantiate_pre(&module).map_err(EngineError::link)?;
+                Ok(Kind::Module(pre))
             }
         }
     }

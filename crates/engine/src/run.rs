@@ -17,7 +17,7 @@ use wasmtime_wasi::I32Exit;
 use crate::ctx::{GuestConfig, GuestIo, P1State, P2State};
 use crate::fairshare::{Budget, FairShare};
 use crate::limiter::{max_handles, GuestStats, MemoryLimiter};
-use crate::{Engine, EngineError, Program};
+use crate::{Engine, EngineError, Kind, Program};
 
 /// How a guest ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +159,9 @@ impl Engine {
         // A second handle on stderr, for the shim's own word on a trap.
         let stderr_note: Option<OwnedFd> = io.stderr.as_ref().and_then(|fd| fd.try_clone().ok());
         let builder = config.builder(io)?;
-        let fut = self.run_inner(program, config, builder, stats.clone());
+        // The optimized code if it is ready by now, else the baseline code.
+        let kind = program.kind();
+        let fut = self.run_inner(&kind, config, builder, stats.clone());
         let result = Metered { inner: Box::pin(fut), stats: stats.clone() }.await;
         let exit = match result {
             Ok(exit) => exit,
@@ -196,8 +198,11 @@ impl Engine {
     /// A store for one component instance: the memory limiter, the handle
     /// bound, and the epoch callback that yields, enforces the CPU quota
     /// and shares.
+    /// `engine` is the tier the instance's code was compiled for.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn component_store(
         &self,
+        engine: &wasmtime::Engine,
         wasi: wasmtime_wasi::WasiCtx,
         limiter: MemoryLimiter,
         config: &GuestConfig,
@@ -215,7 +220,7 @@ impl Engine {
             config: config.config.clone(),
             keyvalue: config.keyvalue.clone(),
         };
-        let mut store = Store::new(&self.inner.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
@@ -224,32 +229,32 @@ impl Engine {
 
     async fn run_inner(
         &self,
-        program: &Program,
+        program: &Kind,
         config: &GuestConfig,
         mut builder: wasmtime_wasi::WasiCtxBuilder,
         stats: Arc<GuestStats>,
     ) -> wasmtime::Result<Exit> {
         let limiter = MemoryLimiter::new(stats.clone());
-        let engine = &self.inner.engine;
+        let engine = program.engine();
         match program {
-            Program::Command(pre) => {
-                let mut store = self.component_store(builder.build(), limiter, config, stats, max_handles());
+            Kind::Command(pre) => {
+                let mut store = self.component_store(engine, builder.build(), limiter, config, stats, max_handles());
                 let cmd = pre.instantiate_async(&mut store).await?;
                 let out = cmd.wasi_cli_run().call_run(&mut store).await?;
                 Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
             }
-            Program::Command3(pre) => {
-                let mut store = self.component_store(builder.build(), limiter, config, stats, max_handles());
+            Kind::Command3(pre) => {
+                let mut store = self.component_store(engine, builder.build(), limiter, config, stats, max_handles());
                 let cmd = pre.instantiate_async(&mut store).await?;
                 // The store's event loop runs the guest's tasks too; `run`
                 // returning is the command's end, as `main` returning is.
                 let out = store.run_concurrent(async |a| cmd.wasi_cli_run().call_run(a).await).await??;
                 Ok(Exit::Code(if out.is_ok() { 0 } else { 1 }))
             }
-            Program::Http(_) | Program::Http3(_) => {
+            Kind::Http(_) | Kind::Http3(_) => {
                 Err(wasmtime::Error::msg("an HTTP component is served with Engine::serve, not run"))
             }
-            Program::Module(pre) => {
+            Kind::Module(pre) => {
                 let mut wasi = builder.build_p1();
                 wasmtime_wasi::WasiView::ctx(&mut wasi).table.set_max_capacity(crate::limiter::max_handles());
                 let state = P1State { wasi, limiter };

@@ -1,5 +1,5 @@
-//! The epoch clock. It runs only while some guest is executing, so an idle
-//! shim wakes no thread at all.
+//! The epoch clock of every engine (tier) of a shim. It runs only while
+//! some guest is executing, so an idle shim wakes no thread at all.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -10,6 +10,7 @@ pub(crate) struct Ticker {
 }
 
 struct Shared {
+    engines: Mutex<Vec<wasmtime::Engine>>,
     active: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
@@ -27,8 +28,13 @@ impl Drop for Running {
 }
 
 impl Ticker {
-    pub(crate) fn new(engine: wasmtime::Engine, tick: Duration) -> Self {
-        let shared = Arc::new(Shared { active: AtomicUsize::new(0), lock: Mutex::new(()), wake: Condvar::new() });
+    pub(crate) fn new(tick: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            engines: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
         let s = shared.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -40,10 +46,17 @@ impl Ticker {
                     }
                 }
                 std::thread::sleep(tick);
-                engine.increment_epoch();
+                for e in s.engines.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    e.increment_epoch();
+                }
             })
             .expect("spawn epoch thread");
         Ticker { shared }
+    }
+
+    /// Ticks `engine`'s epoch too.
+    pub(crate) fn add(&self, engine: wasmtime::Engine) {
+        self.shared.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
     }
 
     pub(crate) fn running(&self) -> Running {

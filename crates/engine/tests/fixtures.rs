@@ -689,7 +689,7 @@ fn first_start_runs_baseline_code_then_optimized_code() {
     use wasmcell_engine::{FirstStart, Tier};
     let d = tmp();
     let cache = wasmcell_engine::cache::CacheConfig { dir: d.path().join("cache"), ..Default::default() };
-    let e = Engine::with_cache(Some(cache)).unwrap().with_first_start(FirstStart::Baseline);
+    let e = Engine::with_cache(Some(cache)).unwrap().with_first_start(FirstStart::Baseline { min_bytes: 0 });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for (wasm, argv, code, out) in [
         ("hello.wasm", vec!["/hello.wasm", "x"], 0, "hello from wasmcell\nargs: /hello.wasm x\n"),

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmcell_engine::{Engine, EngineError};
+use wasmcell_engine::{Cancel, Engine, EngineError, Tier};
 use wasmcell_oci::WasmKind;
 
 /// The first argument that makes the binary a compiler rather than a shim
@@ -35,9 +35,14 @@ fn kind_name(kind: WasmKind) -> &'static str {
 /// `deny_features` are the Wasm features the runtime handler's policy turns
 /// off: the child's engine must match the shim's, or the shim could not
 /// load what it compiled.
+/// `tier` picks the compiler (Cranelift, or Winch for a first start), and
+/// `cancel` kills the child (a container deleted while its background
+/// compile runs): nothing is returned, so nothing is stored.
 pub fn out_of_process(
     bytes: &[u8],
     kind: WasmKind,
+    tier: Tier,
+    cancel: &Cancel,
     limit: Duration,
     deny_features: &[String],
 ) -> Result<Vec<u8>, EngineError> {
@@ -46,6 +51,9 @@ pub fn out_of_process(
     cmd.arg(ACTION).arg(kind_name(kind));
     if !deny_features.is_empty() {
         cmd.arg(DENY_FEATURES).arg(deny_features.join(","));
+    }
+    if tier == Tier::Baseline {
+        cmd.arg(BASELINE);
     }
     cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     crate::sys::process::die_with_parent(&mut cmd);
@@ -70,20 +78,35 @@ pub fn out_of_process(
             let mut v = Vec::new();
             let _ = tx.send(stdout.read_to_end(&mut v).map(|_| v));
         });
-        let out = rx.recv_timeout(limit);
-        let timed_out = out.is_err();
+        // Waits in short steps, to notice a cancel.
+        let step = Duration::from_millis(100);
+        let out = loop {
+            match rx.recv_timeout(step) {
+                Ok(r) => break Some(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if cancel.is_cancelled() || started.elapsed() >= limit {
+                        break None;
+                    }
+                }
+            }
+        };
+        let timed_out = out.is_none();
         if timed_out {
             // Its pipes close with it, which ends the reader threads.
             let _ = child.kill();
         }
         let out = match out {
-            Ok(r) => r.map_err(|e| failed(e.to_string())),
-            Err(_) => Err(failed("timed out".into())),
+            Some(r) => r.map_err(|e| failed(e.to_string())),
+            None => Err(failed("timed out".into())),
         };
         (out, timed_out, err.join().unwrap_or_default())
     });
     let status = child.wait().map_err(|e| failed(e.to_string()))?;
     let msg = String::from_utf8_lossy(&err).trim().to_string();
+    if cancel.is_cancelled() {
+        return Err(failed("cancelled".into()));
+    }
     if timed_out {
         return Err(EngineError::TooCostly(format!(
             "compiling took longer than {} s (WASMCELL_COMPILE_TIMEOUT_SECS); stopped after {:.1} s",
@@ -110,27 +133,38 @@ pub fn out_of_process(
 
 /// The child's flag naming the Wasm features its engine turns off.
 const DENY_FEATURES: &str = "--deny-wasm-features";
+/// The child's flag for the baseline tier.
+const BASELINE: &str = "--baseline";
 
 /// The child's side: compiles stdin to stdout. Exit 0, or 1 with Wasmtime's
 /// reason on stderr, or 2 for a usage or set-up error. `args` follow the
 /// action: `component|module [--deny-wasm-features a,b]`.
 pub fn run_child(args: &[String]) -> i32 {
-    let policy = match (args.get(1).map(String::as_str), args.get(2)) {
-        (None, _) => None,
-        (Some(DENY_FEATURES), Some(list)) => Some(wasmcell_engine::Policy {
-            deny_wasm_features: list.split(',').map(str::to_string).collect(),
-            ..Default::default()
-        }),
-        other => {
-            eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] (got {other:?})");
-            return 2;
+    let (mut policy, mut tier) = (None, Tier::Optimized);
+    let mut rest = args.iter().skip(1);
+    while let Some(a) = rest.next() {
+        match (a.as_str(), rest.clone().next()) {
+            (DENY_FEATURES, Some(list)) => {
+                policy = Some(wasmcell_engine::Policy {
+                    deny_wasm_features: list.split(',').map(str::to_string).collect(),
+                    ..Default::default()
+                });
+                rest.next();
+            }
+            (BASELINE, _) => tier = Tier::Baseline,
+            other => {
+                eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] [{BASELINE}] (got {other:?})");
+                return 2;
+            }
         }
-    };
+    }
     let kind = match args.first().map(String::as_str) {
         Some("component") => WasmKind::Component,
         Some("module") => WasmKind::Module,
         other => {
-            eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] < WASM > ARTIFACT (got {other:?})");
+            eprintln!(
+                "usage: {ACTION} component|module [{DENY_FEATURES} a,b] [{BASELINE}] < WASM > ARTIFACT (got {other:?})"
+            );
             return 2;
         }
     };
@@ -146,7 +180,7 @@ pub fn run_child(args: &[String]) -> i32 {
             return 2;
         }
     };
-    match engine.precompile(&bytes, kind) {
+    match engine.precompile_tier(&bytes, kind, tier) {
         Ok(artifact) => match std::io::stdout().lock().write_all(&artifact) {
             Ok(()) => 0,
             Err(e) => {
