@@ -60,6 +60,7 @@ demo: deps build
 bench: deps build bench-http
 	@bash test/bench/run.sh
 	@bash test/bench/keyvalue.sh
+	@bash test/bench/first_start.sh
 
 ## HTTP serving against its anchors in one run (see test/e2e/src/bin/bench-http.rs):
 ## a native hyper server, `wasmtime serve` 48 (installed once into the bench

@@ -64,7 +64,7 @@ mean_of() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:]]; print(f"
 hf_mean() {  # name, hyperfine args...: mean seconds
   local name=$1; shift
   hyperfine --style none -N "$@" --export-json "$work/$name.json" >/dev/null
-  python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))[\"results\"][0][\"mean\"]:.4f}")' "$work/$name.json"
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["results"][0]["mean"]; print(f"{m:.4f}")' "$work/$name.json"
 }
 
 measure() {  # prefix: sets ${prefix}_runc, _cold (seconds) and _http_cold
