@@ -51,6 +51,40 @@ fn explain_prints_the_grants_table_of_a_bundle() {
     assert!(rows.as_array().unwrap().iter().any(|r| r["setting"] == "linux.namespaces[network]"));
 }
 
+/// explain shows the wasi:config keys (not their values), the key-value
+/// grant, and the handler's policy with what it refuses for this program.
+#[test]
+fn explain_shows_config_keys_keyvalue_and_the_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let config = d.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("greeting"), "a secret value").unwrap();
+    std::fs::write(config.join("mode"), "strict").unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/caps.wasm"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/run/wasi/config", "type": "bind", "source": config, "options": ["rbind", "ro"]}],
+        "annotations": {"wasmcell.dev/keyvalue": "memory"}
+    });
+    std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+    std::fs::create_dir(d.path().join("rootfs")).unwrap();
+    std::fs::copy(wasmcell_e2e::fixtures_dir().join("caps.wasm"), d.path().join("rootfs/caps.wasm")).unwrap();
+    let policy = d.path().join("strict.toml");
+    std::fs::write(&policy, "deny_imports = [\"wasi:keyvalue/*\"]\n").unwrap();
+    let out = wasmcell(&["explain", d.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["keys: greeting, mode", "wasi:keyvalue: an in-memory store", "runtime policy (ConfigPath)"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("a secret value"), "values are not shown:\n{text}");
+    assert!(!text.contains("refused at create"), "{text}");
+    let out = wasmcell(&["explain", "--policy", policy.to_str().unwrap(), d.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("denies imports [wasi:keyvalue/*]"), "{text}");
+    assert!(text.contains("refused at create") && text.contains("deny_imports"), "{text}");
+}
+
 #[test]
 fn explain_says_why_a_spec_would_be_refused() {
     let d = tempfile::tempdir().unwrap();
