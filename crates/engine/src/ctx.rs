@@ -356,8 +356,19 @@ impl wasmtime_wasi::cli::IsTerminal for GuestOut {
 }
 
 impl wasmtime_wasi::cli::StdoutStream for GuestOut {
+    /// Each instance its own buffered writer on its own handle of the pipe:
+    /// Wasmtime's buffered stream takes one writer at a time ("concurrent
+    /// writes are not supported"), and an HTTP component's instances write
+    /// at once. Their lines interleave in the pipe as the writes of a
+    /// container's processes do.
     fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
-        self.p2.p2_stream()
+        match self.fd.try_clone().and_then(tokio::net::unix::pipe::Sender::from_owned_fd) {
+            Ok(tx) => AsyncStdoutStream::new(64 * 1024, tx).p2_stream(),
+            Err(e) => {
+                log::warn!("guest output: {e}; sharing one buffered stream");
+                self.p2.p2_stream()
+            }
+        }
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {

@@ -144,3 +144,40 @@ fn port_in_use_fails_at_create_with_a_clear_error() {
     c.ctr(&["containers", "rm", "busy"]);
     c.stop_and_check_clean();
 }
+
+/// Concurrent requests to a handler that writes to its stdout, with the
+/// container's output going to a log (as under Kubernetes, where it always
+/// does): every request is answered, and every line reaches the log.
+/// (Instances once shared one buffered stream, which refuses concurrent
+/// writers: most requests then failed with a 500.)
+#[test]
+fn concurrent_requests_that_log_are_all_answered() {
+    let c = Containerd::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = c.dir.path().join("http.log");
+    start_server(&c, "web", &["--net-host"], &addr, &log);
+    wait_up(&addr);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..16)
+            .map(|w| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    (0..25).map(|i| get(&addr, &format!("/c{w}-{i}")).map_or(0, |(st, _)| st)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(failed, 0, "{failed} of {} requests failed", statuses.len());
+    let logged =
+        until(100, || std::fs::read_to_string(&log).unwrap_or_default(), |l| l.contains("request GET /c15-24"));
+    for w in 0..16 {
+        for i in 0..25 {
+            assert!(logged.contains(&format!("request GET /c{w}-{i}\n")), "line of /c{w}-{i} missing");
+        }
+    }
+    assert!(!logged.contains("concurrent writes"), "{logged}");
+    stop(&c, "web");
+    c.stop_and_check_clean();
+}
