@@ -38,13 +38,13 @@ impl P2State {
 
 /// A guest's `wasi:config` entries, shared by all its instances.
 #[derive(Clone, Default)]
-pub struct ConfigVars(std::sync::Arc<wasmtime_wasi_config::WasiConfigVariables>, Vec<String>);
+pub struct ConfigVars(std::sync::Arc<wasmtime_wasi_config::WasiConfigVariables>, std::sync::Arc<[String]>);
 
 impl ConfigVars {
     pub fn new(entries: Vec<(String, String)>) -> Self {
         let mut keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
         keys.sort();
-        ConfigVars(std::sync::Arc::new(entries.into_iter().collect()), keys)
+        ConfigVars(std::sync::Arc::new(entries.into_iter().collect()), keys.into())
     }
 
     /// The keys, sorted (values are not shown: they may be secrets).

@@ -225,10 +225,6 @@ impl KvView<'_> {
     }
 }
 
-fn redis_cmd(name: &str) -> redis::Cmd {
-    redis::cmd(name)
-}
-
 impl store::Host for KvView<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, KvError> {
         if self.store.is_none() {
@@ -249,14 +245,14 @@ impl store::HostBucket for KvView<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, KvError> {
         match self.bucket(&bucket)? {
             (KvStore::Memory(m), b) => Ok(m.get(&b, &key)),
-            (KvStore::Redis(r), b) => r.query(redis_cmd("HGET").arg(b).arg(key)).await,
+            (KvStore::Redis(r), b) => r.query(redis::cmd("HGET").arg(b).arg(key)).await,
         }
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), KvError> {
         match self.bucket(&bucket)? {
             (KvStore::Memory(m), b) => m.set(&b, vec![(key, value)]),
-            (KvStore::Redis(r), b) => r.query::<()>(redis_cmd("HSET").arg(b).arg(key).arg(value)).await,
+            (KvStore::Redis(r), b) => r.query::<()>(redis::cmd("HSET").arg(b).arg(key).arg(value)).await,
         }
     }
 
@@ -266,14 +262,14 @@ impl store::HostBucket for KvView<'_> {
                 m.delete(&b, &[key]);
                 Ok(())
             }
-            (KvStore::Redis(r), b) => r.query::<()>(redis_cmd("HDEL").arg(b).arg(key)).await,
+            (KvStore::Redis(r), b) => r.query::<()>(redis::cmd("HDEL").arg(b).arg(key)).await,
         }
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, KvError> {
         match self.bucket(&bucket)? {
             (KvStore::Memory(m), b) => Ok(m.get(&b, &key).is_some()),
-            (KvStore::Redis(r), b) => r.query(redis_cmd("HEXISTS").arg(b).arg(key)).await,
+            (KvStore::Redis(r), b) => r.query(redis::cmd("HEXISTS").arg(b).arg(key)).await,
         }
     }
 
@@ -286,7 +282,7 @@ impl store::HostBucket for KvView<'_> {
             (KvStore::Memory(m), b) => m.keys(&b, cursor.unwrap_or(0)),
             (KvStore::Redis(r), b) => {
                 let (next, keys): (u64, Vec<String>) = r
-                    .query(redis_cmd("HSCAN").arg(b).arg(cursor.unwrap_or(0)).arg("NOVALUES").arg("COUNT").arg(PAGE))
+                    .query(redis::cmd("HSCAN").arg(b).arg(cursor.unwrap_or(0)).arg("NOVALUES").arg("COUNT").arg(PAGE))
                     .await?;
                 (keys, (next != 0).then_some(next))
             }
@@ -307,7 +303,7 @@ impl atomics::Host for KvView<'_> {
             (KvStore::Redis(r), b) => {
                 let delta =
                     i64::try_from(delta).map_err(|_| KvError::Other("Redis increments by at most i64::MAX".into()))?;
-                let v: i64 = r.query(redis_cmd("HINCRBY").arg(b).arg(key).arg(delta)).await?;
+                let v: i64 = r.query(redis::cmd("HINCRBY").arg(b).arg(key).arg(delta)).await?;
                 u64::try_from(v).map_err(|_| KvError::Other(format!("the value is negative in Redis: {v}")))
             }
         }
@@ -323,7 +319,7 @@ impl batch::Host for KvView<'_> {
         let values: Vec<Option<Vec<u8>>> = match self.bucket(&bucket)? {
             (KvStore::Memory(m), b) => keys.iter().map(|k| m.get(&b, k)).collect(),
             (KvStore::Redis(_), _) if keys.is_empty() => Vec::new(),
-            (KvStore::Redis(r), b) => r.query(redis_cmd("HMGET").arg(b).arg(&keys)).await?,
+            (KvStore::Redis(r), b) => r.query(redis::cmd("HMGET").arg(b).arg(&keys)).await?,
         };
         Ok(keys.into_iter().zip(values).map(|(k, v)| v.map(|v| (k, v))).collect())
     }
@@ -333,7 +329,7 @@ impl batch::Host for KvView<'_> {
             (KvStore::Memory(m), b) => m.set(&b, key_values),
             (KvStore::Redis(_), _) if key_values.is_empty() => Ok(()),
             (KvStore::Redis(r), b) => {
-                let mut cmd = redis_cmd("HSET");
+                let mut cmd = redis::cmd("HSET");
                 cmd.arg(b);
                 for (k, v) in key_values {
                     cmd.arg(k).arg(v);
@@ -350,7 +346,7 @@ impl batch::Host for KvView<'_> {
                 Ok(())
             }
             (KvStore::Redis(_), _) if keys.is_empty() => Ok(()),
-            (KvStore::Redis(r), b) => r.query::<()>(redis_cmd("HDEL").arg(b).arg(&keys)).await,
+            (KvStore::Redis(r), b) => r.query::<()>(redis::cmd("HDEL").arg(b).arg(&keys)).await,
         }
     }
 }
