@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::hostmem::{Charging, HostBudget};
+
 /// Most resource handles one store may hold at once (open files and
 /// directories, sockets, streams, HTTP fields, pollables): each open file or
 /// socket is a descriptor of the shim process, so without a bound one guest
@@ -49,6 +51,8 @@ pub struct GuestStats {
     pub request_errors: AtomicU64,
     /// Memory cap in bytes, 0 for none. Live: Update changes it.
     memory_cap: AtomicU64,
+    /// Host heap the guest's stores and WASI calls hold (see `hostmem`).
+    pub host: HostMemory,
     /// CPU quota and period in microseconds, 0 for none. Live as well.
     cpu_quota_us: AtomicU64,
     cpu_period_us: AtomicU64,
@@ -56,7 +60,51 @@ pub struct GuestStats {
     cpu_shares: AtomicU64,
 }
 
+/// A guest's [`HostBudget`]; a new one for every guest.
+#[derive(Debug)]
+pub struct HostMemory(&'static HostBudget);
+
+impl Default for HostMemory {
+    fn default() -> Self {
+        HostMemory(HostBudget::leak())
+    }
+}
+
+impl HostMemory {
+    /// Bytes of host heap charged to the guest now.
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes()
+    }
+    /// Charges what this thread allocates to the guest while alive.
+    pub(crate) fn charging(&self) -> Charging {
+        Charging::to(self.0)
+    }
+}
+
 impl GuestStats {
+    /// Linear memory, tables and host heap: what the memory limit bounds.
+    pub fn memory_total(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed) + self.host.bytes()
+    }
+
+    /// Called each time a host call returns to the guest: a guest whose host
+    /// heap has taken it over its memory limit traps there, as out of memory
+    /// (exit 137 and TaskOOM for a command, a 500 for an HTTP request).
+    pub(crate) fn check_host_memory(&self) -> wasmtime::Result<()> {
+        let Some(cap) = self.memory_cap() else { return Ok(()) };
+        let host = self.host.bytes();
+        let linear = self.memory_bytes.load(Ordering::Relaxed);
+        if host + linear <= cap {
+            return Ok(());
+        }
+        self.oom.store(true, Ordering::Relaxed);
+        self.oom_events.fetch_add(1, Ordering::Relaxed);
+        Err(wasmtime::Error::msg(format!(
+            "host memory the guest made (HTTP fields and bodies, handles, streams: {host} bytes) and its linear \
+             memory ({linear} bytes) exceed its memory limit ({cap} bytes)"
+        )))
+    }
+
     /// Figures of a new guest whose live limits start as `limits` (Update
     /// changes them later).
     pub fn for_limits(limits: &wasmcell_grants::Limits) -> Self {
@@ -114,7 +162,8 @@ impl MemoryLimiter {
 
     fn grow(&mut self, current: usize, desired: usize) -> bool {
         let delta = desired.saturating_sub(current) as u64;
-        let cap = self.stats.memory_cap();
+        // What the guest's host calls hold counts against the same limit.
+        let cap = self.stats.memory_cap().map(|c| c.saturating_sub(self.stats.host.bytes()));
         // Check and charge in one atomic step: the instances of an HTTP
         // component grow concurrently against one counter, and a load, a
         // check and a separate add would let them overshoot the cap together.
@@ -203,6 +252,29 @@ mod tests {
             drop(limiters);
             assert_eq!(stats.memory_bytes.load(Ordering::Relaxed), 0);
         }
+    }
+
+    #[test]
+    fn host_memory_counts_against_the_cap() {
+        let stats = Arc::new(GuestStats::default());
+        stats.set_memory_cap(Some(4 << 20));
+        let mut l = MemoryLimiter::new(stats.clone());
+        assert!(l.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(stats.check_host_memory().is_ok());
+        let held = {
+            let _c = stats.host.charging();
+            vec![1u8; 3 << 20]
+        };
+        // Linear memory and host heap together are over the cap: the next
+        // host call's return traps, and growth is refused.
+        let e = stats.check_host_memory().unwrap_err().to_string();
+        assert!(e.contains("exceed its memory limit (4194304 bytes)"), "{e}");
+        assert!(stats.oom.load(Ordering::Relaxed));
+        assert!(!l.memory_growing(2 << 20, (2 << 20) + 65536, None).unwrap());
+        assert!(stats.memory_total() >= 5 << 20);
+        drop(held);
+        assert!(stats.check_host_memory().is_ok());
+        assert!(l.memory_growing(2 << 20, 3 << 20, None).unwrap());
     }
 
     #[test]

@@ -54,7 +54,8 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Adds the CPU time of every poll of `inner` to `stats.cpu_ns`.
+/// Adds the CPU time of every poll of `inner` to `stats.cpu_ns`, and charges
+/// the host heap allocated during it to the guest (`hostmem`).
 pub(crate) struct Metered<F> {
     inner: Pin<Box<F>>,
     stats: Arc<GuestStats>,
@@ -71,7 +72,9 @@ impl<F: Future> Future for Metered<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let start = thread_cpu_ns();
         POLL_START_NS.with(|c| c.set(start));
+        let charging = self.stats.host.charging();
         let out = self.inner.as_mut().poll(cx);
+        drop(charging);
         let spent = thread_cpu_ns().saturating_sub(start);
         self.stats.cpu_ns.fetch_add(spent, Ordering::Relaxed);
         out
@@ -139,6 +142,28 @@ fn quota_wait(
     let allowed = now.duration_since(t0).as_nanos() as f64 * share + (q0.quota_us * 1000) as f64;
     let spent = used.saturating_sub(used0) as f64;
     (spent > allowed).then(|| Duration::from_nanos(((spent - allowed) / share) as u64))
+}
+
+/// Host memory a guest holds is checked each time one of its host calls
+/// returns (see `GuestStats::check_host_memory`): one call can take it over
+/// its limit by what that call allocates, no more.
+fn host_memory_hook<T>(
+    stats: Arc<GuestStats>,
+) -> impl FnMut(wasmtime::StoreContextMut<'_, T>, wasmtime::CallHook) -> wasmtime::Result<()> + Send + Sync + 'static {
+    move |_, hook| match hook {
+        wasmtime::CallHook::ReturningFromHost => stats.check_host_memory(),
+        _ => Ok(()),
+    }
+}
+
+/// A store's handle bound, also within its memory limit: one handle per
+/// 4 KiB of the limit (at least 256), so a guest runs out of handles about
+/// when the host memory they hold would run it out of memory.
+fn handles_within(handles: usize, stats: &GuestStats) -> usize {
+    match stats.memory_cap() {
+        Some(cap) => handles.min(usize::try_from(cap / 4096).unwrap_or(usize::MAX)).max(256),
+        None => handles,
+    }
 }
 
 impl Engine {
@@ -210,7 +235,7 @@ impl Engine {
         handles: usize,
     ) -> Store<P2State> {
         let mut table = ResourceTable::new();
-        table.set_max_capacity(handles);
+        table.set_max_capacity(handles_within(handles, &stats));
         let state = P2State {
             wasi,
             table,
@@ -222,6 +247,7 @@ impl Engine {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.call_hook(host_memory_hook(stats.clone()));
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
         store
@@ -256,10 +282,11 @@ impl Engine {
             }
             Kind::Module(pre) => {
                 let mut wasi = builder.build_p1();
-                wasmtime_wasi::WasiView::ctx(&mut wasi).table.set_max_capacity(crate::limiter::max_handles());
+                wasmtime_wasi::WasiView::ctx(&mut wasi).table.set_max_capacity(handles_within(max_handles(), &stats));
                 let state = P1State { wasi, limiter };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limiter);
+                store.call_hook(host_memory_hook(stats.clone()));
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(deadline_callback(self.inner.fair.clone(), stats));
                 let instance = pre.instantiate_async(&mut store).await?;

@@ -9,6 +9,10 @@ use wasmcell_engine::{Engine, EngineError, Exit, GuestConfig, GuestIo, GuestStat
 use wasmcell_grants::Limits;
 use wasmcell_oci::{classify, WasmKind};
 
+// As in the shim: host memory a guest makes is charged to it.
+#[global_allocator]
+static ALLOC: wasmcell_engine::hostmem::Accounting = wasmcell_engine::hostmem::Accounting;
+
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures/wasm").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -175,6 +179,34 @@ fn memory_cap_turns_a_bomb_into_out_of_memory() {
     assert_eq!(exit.status(), 137);
     assert!(stats.memory_max_bytes.load(std::sync::atomic::Ordering::Relaxed) <= 32 << 20);
     assert!(c.stderr.contains("memory limit"), "{}", c.stderr);
+}
+
+/// Issue 20, item 2: host memory a guest makes (here wasi:http fields of
+/// 64 KiB each, in the shim's heap) counts against its memory limit: 2,000
+/// of them (125 MiB) under 64 MiB end as out of memory at the limit, not
+/// in the shim's heap; without a limit they are made and counted, and given
+/// back when the guest ends.
+#[test]
+fn host_memory_a_guest_makes_counts_against_its_limit() {
+    let e = Engine::new().unwrap();
+    let d = tmp();
+    let mut cfg = config(d.path(), &["probe", "fields", "2000"]);
+    cfg.limits.memory_bytes = Some(64 << 20);
+    let stats = Arc::new(GuestStats::for_limits(&cfg.limits));
+    let c = run(&e, &fixture("probe.wasm"), cfg, stats.clone());
+    let exit = c.exit.unwrap();
+    assert!(matches!(exit, Exit::OutOfMemory(_)), "{exit:?} {} {}", c.stdout, c.stderr);
+    assert_eq!(exit.status(), 137);
+    assert!(c.stderr.contains("host memory the guest made"), "{}", c.stderr);
+    assert!(stats.oom.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(stats.host.bytes() < 1 << 20, "given back: {}", stats.host.bytes());
+
+    let stats = Arc::new(GuestStats::default());
+    let c =
+        run(&e, &fixture("probe.wasm"), config(d.path(), &["probe", "fields", "600", "print", "done"]), stats.clone());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0), "{} {}", c.stdout, c.stderr);
+    assert!(c.stdout.contains("made 600 fields"), "{}", c.stdout);
+    assert!(stats.host.bytes() < 1 << 20, "given back: {}", stats.host.bytes());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Stats for `ctr task metrics` / CRI ContainerStats, in containerd's cgroup
 //! v2 metrics format, from the guest's own accounting: memory is its live
-//! instances' linear memories and tables plus what the container holds
+//! instances' linear memories and tables, the host heap its stores and WASI
+//! calls hold (HTTP fields and bodies, handles), plus what the container holds
 //! between instances (its program's resident image, its share of the warm
 //! pool: `held`); CPU the time its stores were being polled.
 
@@ -20,7 +21,7 @@ pub(crate) fn to_any(
     server: bool,
     held: u64,
 ) -> Result<Any, String> {
-    let guest = stats.memory_bytes.load(Ordering::Relaxed);
+    let guest = stats.memory_total();
     let current = if server { stats.requests_in_flight.load(Ordering::Relaxed) } else { u64::from(live) };
     let cpu_ns = stats.cpu_ns.load(Ordering::Relaxed);
     let m = Metrics {
