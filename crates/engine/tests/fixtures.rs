@@ -660,6 +660,16 @@ fn keyvalue_memory_store_is_shared_and_granted_only() {
     assert_eq!(go(&["caps", "kv", "mset", "b1", "x=1", "y=2"]).stdout, "ok\n");
     assert_eq!(go(&["caps", "kv", "keys", "b1"]).stdout, "k\nn\nx\ny\ncount=4\n");
     assert_eq!(go(&["caps", "kv", "mget", "b1", "x", "z"]).stdout, "x=1\nz (none)\n");
+    // A value is host memory charged to the guest that wrote it, while it
+    // is stored.
+    let big = "v".repeat(200_000);
+    let writer = Arc::new(GuestStats::default());
+    let mut cfg = config(root.path(), &["caps", "kv", "set", "b1", "big", &big]);
+    cfg.keyvalue = Some(store.clone());
+    assert_eq!(run(&e, &fixture("caps.wasm"), cfg, writer.clone()).stdout, "ok\n");
+    assert!(writer.host.bytes() >= 200_000, "{}", writer.host.bytes());
+    assert_eq!(go(&["caps", "kv", "del", "b1", "big"]).stdout, "ok\n");
+    assert!(writer.host.bytes() < 100_000, "{}", writer.host.bytes());
     let c = go(&["caps", "kv", "incr", "b1", "k", "1"]);
     assert_eq!(c.exit.unwrap(), Exit::Code(3));
     assert!(c.stderr.contains("not a decimal number"), "{}", c.stderr);
