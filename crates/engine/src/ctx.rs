@@ -214,6 +214,9 @@ pub struct GuestConfig {
     pub config: ConfigVars,
     /// Its `wasi:keyvalue` store, when granted.
     pub keyvalue: Option<KvStore>,
+    /// Requests one instance of a WASI 0.2 HTTP handler serves in turn
+    /// (1: a fresh instance per request).
+    pub http_reuse: u32,
 }
 
 /// A private directory of a guest and the size its tmpfs may reach.
@@ -283,6 +286,7 @@ impl GuestConfig {
             tmpfs,
             config,
             keyvalue: None,
+            http_reuse: grants.http_reuse,
         })
     }
 

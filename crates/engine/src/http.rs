@@ -2,7 +2,10 @@
 //! behalf, inside the container's network, and calls its
 //! `wasi:http/incoming-handler` for each request, on a fresh instance made
 //! from the pre-instantiated component (instantiation is the only per-request
-//! cost; compilation happened once).
+//! cost; compilation happened once). With the annotation
+//! `wasmcell.dev/http-instance-reuse: N` a WASI 0.2 handler's instance serves
+//! up to N requests one after another (`Warm`), as `wasmtime serve
+//! --max-instance-reuse-count` does; WASI 0.3 handlers are pooled (`http3`).
 
 use std::convert::Infallible;
 use std::os::fd::OwnedFd;
@@ -26,6 +29,19 @@ use crate::ctx::{GuestConfig, GuestIo, P2State};
 use crate::limiter::{GuestStats, MemoryLimiter};
 use crate::run::{Exit, Metered};
 use crate::{Engine, EngineError, Kind, Program};
+
+/// How long a 0.2 instance kept for reuse waits for its next request before
+/// it is dropped (`wasmtime serve`'s `--idle-instance-timeout` default).
+pub const REUSE_IDLE: Duration = Duration::from_secs(1);
+
+/// A 0.2 handler's instance between two of its requests.
+struct Warm {
+    store: Store<P2State>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    /// Requests it has served.
+    served: u32,
+    since: std::time::Instant,
+}
 
 /// Default bound on requests handled at once when `pids.limit` is unset.
 pub const DEFAULT_CONCURRENCY: usize = 128;
@@ -76,6 +92,9 @@ struct Server {
     /// Turns true when serving has ended (stopped or killed): instances
     /// still running then, on their own tasks, end too.
     ended: watch::Receiver<bool>,
+    /// 0.2 instances waiting for their next request, the most recent last
+    /// (empty unless `config.http_reuse` > 1).
+    warm: std::sync::Mutex<Vec<Warm>>,
 }
 
 /// Tells every instance task that serving has ended, however it ends.
@@ -158,7 +177,12 @@ impl Server {
         pre: ProxyPre<P2State>,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> Result<hyper::Response<WasiBody>, String> {
-        let mut store = self.store(pre.instance_pre().engine()).map_err(|e| e.to_string())?;
+        let engine = pre.instance_pre().engine();
+        let warm = self.take_warm(engine);
+        let (mut store, mut proxy, served) = match warm {
+            Some(w) => (w.store, Some(w.proxy), w.served),
+            None => (self.store(engine).map_err(|e| e.to_string())?, None, 0),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| format!("{e:#}"))?;
         let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| format!("{e:#}"))?;
@@ -167,16 +191,25 @@ impl Server {
         // after the response head is returned.
         let metered = stats.clone();
         let mut ended = self.ended.clone();
+        let server = self.clone();
         let task = tokio::spawn(Metered::new(
             async move {
                 let run = async {
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                    let p = match proxy.take() {
+                        Some(p) => p,
+                        None => pre.instantiate_async(&mut store).await?,
+                    };
+                    p.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+                    Ok::<_, wasmtime::Error>(p)
                 };
-                tokio::select! {
-                    r = run => r,
-                    _ = stopped(&mut ended) => Err(wasmtime::Error::msg("the server stopped")),
-                }
+                let p = tokio::select! {
+                    r = run => r?,
+                    _ = stopped(&mut ended) => return Err(wasmtime::Error::msg("the server stopped")),
+                };
+                // Kept for the next request only after a clean return: a
+                // trapped instance is never reused.
+                server.keep_warm(Warm { store, proxy: p, served: served + 1, since: std::time::Instant::now() });
+                Ok::<(), wasmtime::Error>(())
             },
             metered,
         ));
@@ -196,6 +229,47 @@ impl Server {
 }
 
 impl Server {
+    /// A 0.2 instance of `engine`'s code kept from an earlier request, if
+    /// reuse is on and one is waiting; stale ones are dropped.
+    fn take_warm(&self, engine: &wasmtime::Engine) -> Option<Warm> {
+        if self.config.http_reuse <= 1 {
+            return None;
+        }
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(w) = warm.pop() {
+            // Code of the tier in use (a first start's baseline instances
+            // are not reused once the optimized code serves), not stale.
+            if wasmtime::Engine::same(w.store.engine(), engine) && w.since.elapsed() < REUSE_IDLE {
+                return Some(w);
+            }
+        }
+        None
+    }
+
+    /// Keeps `w` for a later request, unless it has served its share or
+    /// serving has ended.
+    fn keep_warm(&self, w: Warm) {
+        if w.served >= self.config.http_reuse || *self.ended.borrow() {
+            return;
+        }
+        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if warm.len() < self.concurrency {
+            warm.push(w);
+        }
+    }
+
+    /// Drops the kept instances that waited longer than [`REUSE_IDLE`]
+    /// (they hold a pool slot and their memory), or all of them.
+    fn expire_warm(&self, all: bool) {
+        let stale: Vec<Warm> = {
+            let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+            let (keep, stale) = std::mem::take(&mut *warm).into_iter().partition(|w| !all && w.since.elapsed() < REUSE_IDLE);
+            *warm = keep;
+            stale
+        };
+        drop(stale);
+    }
+
     /// A store for one instance: stdio shared by all instances, the memory
     /// limiter on the container's budget, its share of the handle bound (a
     /// handler needs tens, at least 256), the epoch callback.
@@ -339,10 +413,20 @@ impl Engine {
             requests: Semaphore::new(concurrency),
             concurrency,
             ended: end_rx,
+            warm: Default::default(),
         });
         let _ended = Ended(end_tx);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let _reporter = Reporter(tokio::spawn(report(stats.clone())));
+        let _expirer = (server.config.http_reuse > 1).then(|| {
+            let server = server.clone();
+            Reporter(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(REUSE_IDLE / 2).await;
+                    server.expire_warm(false);
+                }
+            }))
+        });
         let _stopper = handler.stopper();
         // A first start's handler moves to the optimized code when it is
         // ready (new requests; a 0.3 handler's new instances).
@@ -398,6 +482,7 @@ impl Engine {
             while tasks.try_join_next().is_some() {}
         }
         drop(listener);
+        server.expire_warm(true);
         // Stopping: in-flight requests finish, within the grace period.
         let drained = tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {

@@ -29,6 +29,7 @@ fn config(root: &Path, argv: &[&str]) -> GuestConfig {
         tmpfs: Vec::new(),
         config: Default::default(),
         keyvalue: None,
+        http_reuse: 1,
     }
 }
 

@@ -16,6 +16,29 @@ pub const CONFIG_DIR: &str = "/run/wasi/config";
 /// `redis://HOST:PORT[/DB]`.
 pub const KEYVALUE_ANNOTATION: &str = "wasmcell.dev/keyvalue";
 
+/// The annotation that lets one instance of a WASI 0.2 HTTP handler serve
+/// up to N requests, one after another (1, the default: a fresh instance per
+/// request). Requests then share the instance's memory and globals, as they
+/// do with `wasmtime serve --max-instance-reuse-count N`.
+pub const HTTP_REUSE_ANNOTATION: &str = "wasmcell.dev/http-instance-reuse";
+
+/// The most requests one reused instance serves.
+pub const MAX_HTTP_REUSE: u32 = 1 << 20;
+
+pub(crate) fn http_reuse(annotations: &HashMap<String, String>) -> Result<u32, GrantError> {
+    let Some(v) = annotations.get(HTTP_REUSE_ANNOTATION) else {
+        return Ok(1);
+    };
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_HTTP_REUSE).contains(&n) => Ok(n),
+        _ => Err(GrantError::Annotation {
+            name: HTTP_REUSE_ANNOTATION,
+            value: v.clone(),
+            why: format!("must be a number of requests from 1 (a fresh instance per request) to {MAX_HTTP_REUSE}"),
+        }),
+    }
+}
+
 /// Which key-value store a guest's `wasi:keyvalue` reaches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyValue {
@@ -65,6 +88,17 @@ pub(crate) fn config_dir(dirs: &[DirGrant]) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn http_reuse_is_one_unless_annotated_with_a_count() {
+        let a = |v: &str| HashMap::from([(HTTP_REUSE_ANNOTATION.to_string(), v.to_string())]);
+        assert_eq!(http_reuse(&HashMap::new()).unwrap(), 1);
+        assert_eq!(http_reuse(&a("100")).unwrap(), 100);
+        for bad in ["0", "-1", "many", "", "1048577"] {
+            let e = http_reuse(&a(bad)).unwrap_err().to_string();
+            assert!(e.contains(HTTP_REUSE_ANNOTATION) && e.contains("from 1"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     fn kv(v: &str) -> Result<KeyValue, GrantError> {

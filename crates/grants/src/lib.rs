@@ -21,6 +21,7 @@
 //! | `linux.resources` | memory cap, CPU quota and weight, live-instance cap |
 //! | bind mount at `/run/wasi/config` | `wasi:config` entries: one per file (name = key, contents = value) |
 //! | annotation `wasmcell.dev/keyvalue` | `wasi:keyvalue`: a pod-wide in-memory store, or a Redis server |
+//! | annotation `wasmcell.dev/http-instance-reuse` | a WASI 0.2 HTTP handler's instance serves up to N requests in turn |
 //!
 //! The same table, filled in for one spec, is what [`Grants::rows`] returns and
 //! `wasmcell explain` prints.
@@ -42,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-pub use capabilities::{KeyValue, CONFIG_DIR, KEYVALUE_ANNOTATION};
+pub use capabilities::{KeyValue, CONFIG_DIR, HTTP_REUSE_ANNOTATION, KEYVALUE_ANNOTATION, MAX_HTTP_REUSE};
 pub use error::GrantError;
 pub use limits::{CpuQuota, Limits};
 pub use mounts::{DirGrant, DirSource, HiddenMount, DEFAULT_TMPFS_BYTES};
@@ -76,6 +77,9 @@ pub struct Grants {
     pub config_dir: Option<PathBuf>,
     /// The guest's `wasi:keyvalue` store (annotation [`KEYVALUE_ANNOTATION`]).
     pub keyvalue: KeyValue,
+    /// Requests one instance of a WASI 0.2 HTTP handler serves in turn
+    /// (annotation [`HTTP_REUSE_ANNOTATION`]); 1: a fresh one each.
+    pub http_reuse: u32,
 }
 
 /// A spec setting that is accepted but has no effect on a Wasm guest.
@@ -108,7 +112,8 @@ pub fn grants(spec: &Spec, annotations: &HashMap<String, String>, options: &Opti
     let ignored = process::ignored(spec);
     let config_dir = capabilities::config_dir(&dirs);
     let keyvalue = capabilities::keyvalue(annotations)?;
-    Ok(Grants { program, root, dirs, hidden, network, limits, ignored, role, config_dir, keyvalue })
+    let http_reuse = capabilities::http_reuse(annotations)?;
+    Ok(Grants { program, root, dirs, hidden, network, limits, ignored, role, config_dir, keyvalue, http_reuse })
 }
 
 /// The network a spec asks for, without judging the rest of the spec: the

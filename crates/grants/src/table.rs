@@ -106,6 +106,15 @@ impl Grants {
                 row(kv, url, "wasi:keyvalue: that Redis server, reached from the container's network")
             }
         });
+        let reuse = format!("annotations[{}]", crate::HTTP_REUSE_ANNOTATION);
+        rows.push(match self.http_reuse {
+            1 => row(reuse, "unset", "a WASI 0.2 HTTP handler gets a fresh instance per request"),
+            n => row(
+                reuse,
+                n.to_string(),
+                format!("a WASI 0.2 HTTP handler's instance serves up to {n} requests in turn: they share its memory"),
+            ),
+        });
         for i in &self.ignored {
             rows.push(row(i.setting, "set", format!("no effect: {}", i.why)));
         }

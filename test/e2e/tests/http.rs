@@ -181,3 +181,50 @@ fn concurrent_requests_that_log_are_all_answered() {
     stop(&c, "web");
     c.stop_and_check_clean();
 }
+
+/// The instances' request counts over sequential `GET /count`s, 50 ms
+/// apart (time for an instance to be kept before the next request).
+fn counts(addr: &str, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            let (status, body) = get(addr, "/count").expect("GET /count");
+            assert_eq!(status, 200, "{body}");
+            body.trim().strip_prefix("count: ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{body}"))
+        })
+        .collect()
+}
+
+/// A WASI 0.2 handler gets a fresh instance per request (its count is
+/// always 1); with `wasmcell.dev/http-instance-reuse=3` an instance serves
+/// up to three requests in turn (the counts go past 1, never past 3); a
+/// trapped instance is not reused; a bad value is refused at create.
+#[test]
+fn http_instances_are_fresh_per_request_unless_reuse_is_annotated() {
+    let c = Containerd::start();
+    let log = c.dir.path().join("http.log");
+    let fresh = format!("127.0.0.1:{}", free_port());
+    start_server(&c, "fresh", &["--net-host"], &fresh, &log);
+    wait_up(&fresh);
+    assert_eq!(counts(&fresh, 6), vec![1; 6], "without the annotation every request gets a fresh instance");
+    stop(&c, "fresh");
+
+    let reused = format!("127.0.0.1:{}", free_port());
+    start_server(&c, "reused", &["--net-host", "--annotation", "wasmcell.dev/http-instance-reuse=3"], &reused, &log);
+    wait_up(&reused);
+    let seen = counts(&reused, 12);
+    assert!(seen.iter().any(|n| *n > 1), "an instance served several requests: {seen:?}");
+    assert!(seen.iter().all(|n| *n <= 3), "no instance served more than 3: {seen:?}");
+    // A trap ends that instance; the next request is served.
+    assert_eq!(get(&reused, "/trap").unwrap().0, 500);
+    assert_eq!(get(&reused, "/count").unwrap().0, 200);
+    stop(&c, "reused");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = format!("WASMCELL_HTTP_ADDR={addr}");
+    let r = c.run_detached("bad", &["--net-host", "--env", &env, "--annotation", "wasmcell.dev/http-instance-reuse=0"], &["/http.wasm"]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("wasmcell.dev/http-instance-reuse"), "{}", r.stderr);
+    c.ctr(&["containers", "rm", "bad"]).ok();
+    c.stop_and_check_clean();
+}
