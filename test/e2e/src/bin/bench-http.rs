@@ -9,7 +9,11 @@
 //!                `make bench-http` installs under the bench cache)
 //!   (c) runwasi  runwasi's `containerd-shim-wasmtime-v1`, built by
 //!                `make bench-peer` from `$RUNWASI_SRC` (`$RUNWASI_SHIM`)
+//!   (b2)         the same with `--max-instance-reuse-count 1000`: an
+//!                instance serves up to 1000 requests in turn
 //!   (d) wasmcell through `ctr run -d --net-host`
+//!   (d2)         the same with the annotation
+//!                `wasmcell.dev/http-instance-reuse=1000` (as (b2))
 //!   (d3)         the same with the WASI 0.3 handler (`p3-http.wasm`)
 //!   (e) wasmcell in a CRI pod, at the pod IP
 //! For each: req/s at c=32 and c=1, p50 and p99 latency at c=32, and the
@@ -122,8 +126,7 @@ fn native(secs: u64) -> Row {
     measure("(a) native hyper, no Wasm", &addr, child.0.id() as i32, secs)
 }
 
-fn wasmtime_serve(secs: u64) -> Row {
-    let name = "(b) wasmtime serve 48";
+fn wasmtime_serve(name: &str, extra: &[&str], secs: u64) -> Row {
     let bin = std::env::var("WASMTIME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| cache_dir().join("wasmtime-48.0.8/bin/wasmtime"));
@@ -135,6 +138,7 @@ fn wasmtime_serve(secs: u64) -> Row {
     let child = match Command::new(&bin)
         // -Scli: the fixture, like most Rust handlers, also imports wasi:cli.
         .args(["serve", "-Scli", "--addr", &addr])
+        .args(extra)
         .arg(&wasm)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -199,11 +203,13 @@ fn runwasi(secs: u64) -> Row {
     row
 }
 
-fn wasmcell_ctr(name: &str, wasm: &str, secs: u64) -> Row {
+fn wasmcell_ctr(name: &str, wasm: &str, extra: &[&str], secs: u64) -> Row {
     let c = Containerd::start();
     let addr = format!("127.0.0.1:{}", free_port());
     let env = format!("WASMCELL_HTTP_ADDR={addr}");
-    c.run_detached("wasmcell-http", &["--null-io", "--net-host", "--env", &env], &[wasm]).ok();
+    let mut args = vec!["--null-io", "--net-host", "--env", &env];
+    args.extend_from_slice(extra);
+    c.run_detached("wasmcell-http", &args, &[wasm]).ok();
     c.wait_status("wasmcell-http", "RUNNING");
     let row = measure(name, &addr, task_pid(&c, "wasmcell-http"), secs);
     c.kill_and_delete("wasmcell-http", "SIGKILL");
@@ -227,15 +233,19 @@ fn wasmcell_cri(secs: u64) -> Row {
     row
 }
 
+const REUSE: &str = "wasmcell.dev/http-instance-reuse=1000";
+
 fn main() {
     let secs: u64 = std::env::var("BENCH_HTTP_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     assert!(Path::new("/usr/bin/wrk").exists(), "wrk is missing: apt-get install wrk");
     let rows = [
         native(secs),
-        wasmtime_serve(secs),
+        wasmtime_serve("(b) wasmtime serve 48", &[], secs),
         runwasi(secs),
-        wasmcell_ctr("(d) wasmcell, ctr --net-host", "/http.wasm", secs),
-        wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", secs),
+        wasmtime_serve("(b2) wasmtime serve 48, reuse 1000", &["--max-instance-reuse-count", "1000"], secs),
+        wasmcell_ctr("(d) wasmcell, ctr --net-host", "/http.wasm", &[], secs),
+        wasmcell_ctr("(d2) wasmcell, ctr, reuse 1000", "/http.wasm", &["--annotation", REUSE], secs),
+        wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", &[], secs),
         wasmcell_cri(secs),
     ];
     println!();
