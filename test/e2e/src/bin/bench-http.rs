@@ -18,7 +18,8 @@
 //!   (e) wasmcell in a CRI pod, at the pod IP
 //! For each: req/s at c=32 and c=1, p50 and p99 latency at c=32, and the
 //! server's CPU seconds per 1000 requests (from /proc/PID/stat). A row that
-//! cannot be had says why. Environment: BENCH_HTTP_SECS (default 5).
+//! cannot be had says why. Environment: BENCH_HTTP_SECS (default 5),
+//! BENCH_HTTP_ROWS (letters of the rows to measure, e.g. `d,e`; default all).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -238,16 +239,38 @@ const REUSE: &str = "wasmcell.dev/http-instance-reuse=1000";
 fn main() {
     let secs: u64 = std::env::var("BENCH_HTTP_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     assert!(Path::new("/usr/bin/wrk").exists(), "wrk is missing: apt-get install wrk");
-    let rows = [
-        native(secs),
-        wasmtime_serve("(b) wasmtime serve 48", &[], secs),
-        runwasi(secs),
-        wasmtime_serve("(b2) wasmtime serve 48, reuse 1000", &["--max-instance-reuse-count", "1000"], secs),
-        wasmcell_ctr("(d) wasmcell, ctr --net-host", "/http.wasm", &[], secs),
-        wasmcell_ctr("(d2) wasmcell, ctr, reuse 1000", "/http.wasm", &["--annotation", REUSE], secs),
-        wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", &[], secs),
-        wasmcell_cri(secs),
+    // BENCH_HTTP_ROWS=d,e measures only those rows (by their letter).
+    let only: Option<Vec<String>> =
+        std::env::var("BENCH_HTTP_ROWS").ok().map(|v| v.split(',').map(|s| format!("({})", s.trim())).collect());
+    type Measure = Box<dyn Fn() -> Row>;
+    let all: Vec<(&str, Measure)> = vec![
+        ("(a)", Box::new(move || native(secs))),
+        ("(b)", Box::new(move || wasmtime_serve("(b) wasmtime serve 48", &[], secs))),
+        ("(c)", Box::new(move || runwasi(secs))),
+        (
+            "(b2)",
+            Box::new(move || {
+                wasmtime_serve("(b2) wasmtime serve 48, reuse 1000", &["--max-instance-reuse-count", "1000"], secs)
+            }),
+        ),
+        ("(d)", Box::new(move || wasmcell_ctr("(d) wasmcell, ctr --net-host", "/http.wasm", &[], secs))),
+        (
+            "(d2)",
+            Box::new(move || wasmcell_ctr("(d2) wasmcell, ctr, reuse 1000", "/http.wasm", &["--annotation", REUSE], secs)),
+        ),
+        (
+            "(d3)",
+            Box::new(move || wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", &[], secs)),
+        ),
+        ("(e)", Box::new(move || wasmcell_cri(secs))),
     ];
+    let rows: Vec<Row> = all
+        .iter()
+        .map(|(tag, m)| match &only {
+            Some(o) if !o.iter().any(|t| t == tag) => missing(&format!("{tag}"), "not in BENCH_HTTP_ROWS".into()),
+            _ => m(),
+        })
+        .collect();
     println!();
     println!("HTTP hello handler, {secs} s per point, wrk -t1 on this machine:");
     println!(
