@@ -263,7 +263,8 @@ impl Server {
     fn expire_warm(&self, all: bool) {
         let stale: Vec<Warm> = {
             let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-            let (keep, stale) = std::mem::take(&mut *warm).into_iter().partition(|w| !all && w.since.elapsed() < REUSE_IDLE);
+            let (keep, stale) =
+                std::mem::take(&mut *warm).into_iter().partition(|w| !all && w.since.elapsed() < REUSE_IDLE);
             *warm = keep;
             stale
         };

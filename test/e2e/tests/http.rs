@@ -222,7 +222,11 @@ fn http_instances_are_fresh_per_request_unless_reuse_is_annotated() {
 
     let addr = format!("127.0.0.1:{}", free_port());
     let env = format!("WASMCELL_HTTP_ADDR={addr}");
-    let r = c.run_detached("bad", &["--net-host", "--env", &env, "--annotation", "wasmcell.dev/http-instance-reuse=0"], &["/http.wasm"]);
+    let r = c.run_detached(
+        "bad",
+        &["--net-host", "--env", &env, "--annotation", "wasmcell.dev/http-instance-reuse=0"],
+        &["/http.wasm"],
+    );
     assert_ne!(r.code, Some(0), "{r:?}");
     assert!(r.stderr.contains("wasmcell.dev/http-instance-reuse"), "{}", r.stderr);
     c.ctr(&["containers", "rm", "bad"]).ok();

@@ -256,12 +256,11 @@ fn main() {
         ("(d)", Box::new(move || wasmcell_ctr("(d) wasmcell, ctr --net-host", "/http.wasm", &[], secs))),
         (
             "(d2)",
-            Box::new(move || wasmcell_ctr("(d2) wasmcell, ctr, reuse 1000", "/http.wasm", &["--annotation", REUSE], secs)),
+            Box::new(move || {
+                wasmcell_ctr("(d2) wasmcell, ctr, reuse 1000", "/http.wasm", &["--annotation", REUSE], secs)
+            }),
         ),
-        (
-            "(d3)",
-            Box::new(move || wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", &[], secs)),
-        ),
+        ("(d3)", Box::new(move || wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", &[], secs))),
         ("(e)", Box::new(move || wasmcell_cri(secs))),
     ];
     let rows: Vec<Row> = all
