@@ -18,7 +18,6 @@ use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim_async::{create_task, Task};
-use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
 
 use crate::task::TaskService;
@@ -182,7 +181,7 @@ pub(crate) async fn serve(flags: Flags) -> Result<(), BoxError> {
     for (name, svc) in create_task(task) {
         services.insert(name.replace(".v3.", ".v2."), svc);
     }
-    let mut server = Server::new().add_listener(Listener::try_from(listener)?).register_service(services);
+    let mut server = Server::new().add_listener(crate::accept::listener(listener)?).register_service(services);
     server.start().await?;
     // containerd's `start` waits for our stdout to close: we are up.
     crate::sys::process::detach_stdout();

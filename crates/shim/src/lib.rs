@@ -10,6 +10,7 @@
 //! granted directories in [`rootfs`]; and every raw Linux call in [`sys`],
 //! behind the `Kernel` trait the tests fake.
 
+mod accept;
 mod bootstrap;
 mod compiler;
 mod config;

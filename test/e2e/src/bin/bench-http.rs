@@ -266,7 +266,7 @@ fn main() {
     let rows: Vec<Row> = all
         .iter()
         .map(|(tag, m)| match &only {
-            Some(o) if !o.iter().any(|t| t == tag) => missing(&format!("{tag}"), "not in BENCH_HTTP_ROWS".into()),
+            Some(o) if !o.iter().any(|t| t == tag) => missing(tag, "not in BENCH_HTTP_ROWS".into()),
             _ => m(),
         })
         .collect();
