@@ -828,3 +828,12 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// CPU time (user + system, in clock ticks) process `pid` has used.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based).
+    let at = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    at(14) + at(15)
+}

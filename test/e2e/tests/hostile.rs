@@ -523,3 +523,55 @@ fn host_memory_a_guest_makes_is_held_to_its_limit() {
     c.remove_pod_and(&pod, &[&attacker, &victim, &holder]);
     c.stop_and_check_clean();
 }
+
+/// The number of descriptors process `pid` has open.
+fn open_fds(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// Sets the soft descriptor limit of process `pid` (its hard limit stays:
+/// lowering that could not be undone), or to the hard limit with `None`.
+fn set_nofile(pid: i32, soft: Option<u64>) {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit reading into a valid rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+    let rl = libc::rlimit { rlim_cur: soft.unwrap_or(old.rlim_max).min(old.rlim_max), rlim_max: old.rlim_max };
+    // SAFETY: prlimit with a valid new limit and no old-limit pointer.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &rl, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit {pid}: {}", std::io::Error::last_os_error());
+}
+
+/// Issue 20, item 3, the accept path: a shim out of descriptors while
+/// connections keep coming (here its limit is lowered to what it holds, and
+/// 200 connections are opened to its task socket) neither spins nor floods
+/// containerd's log (ttrpc's own loop wrote 1.28 M lines in 3 s): it says so
+/// at most once per 10 s, and serves again once descriptors are free.
+#[test]
+fn a_shim_out_of_descriptors_backs_off_and_logs_once() {
+    let c = Containerd::start();
+    c.run_detached("held", &[], &["/probe.wasm", "sleep", "600000"]).ok();
+    c.wait_status("held", "RUNNING");
+    let shim = c.shim_pids()[0];
+    let state = c.dir.path().join("state/io.containerd.runtime.v2.task").join(&c.namespace).join("held");
+    let address = std::fs::read_to_string(state.join("address")).expect("the shim's address file");
+    let socket = address.trim().trim_start_matches("unix://").to_string();
+    let cpu0 = wasmcell_e2e::cpu_ticks(shim);
+    set_nofile(shim, Some(open_fds(shim)));
+    let conns: Vec<_> = (0..200).filter_map(|_| std::os::unix::net::UnixStream::connect(&socket).ok()).collect();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let log = c.log();
+    let spins = log.matches("incoming conn fail").count();
+    let reports = log.matches("cannot accept a connection").count();
+    let spent = wasmcell_e2e::cpu_ticks(shim) - cpu0;
+    set_nofile(shim, None);
+    drop(conns);
+    assert_eq!(spins, 0, "ttrpc's accept loop spun: {spins} log lines, {spent} ticks");
+    assert_eq!(reports, 1, "one report of the failed accepts in 3 s");
+    // A spin would use the 3 s of a core; waiting uses almost nothing.
+    assert!(spent < 100, "the shim used {spent} ticks while out of descriptors");
+    // With descriptors free again the shim serves containerd (the queued
+    // connections are accepted within the back-off's 1 s).
+    c.kill_and_delete("held", "SIGKILL");
+    c.stop_and_check_clean();
+}
