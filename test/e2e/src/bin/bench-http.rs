@@ -16,6 +16,8 @@
 //!                `wasmcell.dev/http-instance-reuse=1000` (as (b2))
 //!   (d3)         the same with the WASI 0.3 handler (`p3-http.wasm`)
 //!   (e) wasmcell in a CRI pod, at the pod IP
+//!   (a2)         the native server of (a) in that pod's network namespace
+//!                (`nsenter --net`), at the pod IP: the ceiling for (e)
 //! For each: req/s at c=32 and c=1, p50 and p99 latency at c=32, and the
 //! server's CPU seconds per 1000 requests (from /proc/PID/stat). A row that
 //! cannot be had says why. Environment: BENCH_HTTP_SECS (default 5),
@@ -218,11 +220,47 @@ fn wasmcell_ctr(name: &str, wasm: &str, extra: &[&str], secs: u64) -> Row {
     row
 }
 
-fn wasmcell_cri(secs: u64) -> Row {
+/// The network namespace of pod `pod`: its sandbox's, from the bundle.
+fn pod_netns(c: &Cri, pod: &str) -> Option<String> {
+    let spec = c.cd.dir.path().join("state/io.containerd.runtime.v2.task").join(wasmcell_e2e::cri::K8S_NS).join(pod);
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(spec.join("config.json")).ok()?).ok()?;
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .map(String::from)
+}
+
+/// (a2): the native server inside the pod's network namespace, at the pod
+/// IP: the ceiling of the pod's network path, for row (e).
+fn native_in_pod(c: &Cri, pod: &str, ip: &str, secs: u64) -> Row {
+    let name = "(a2) native hyper, in the pod's network";
+    let Some(netns) = pod_netns(c, pod) else {
+        return missing(name, "the pod's network namespace was not found in its bundle".into());
+    };
+    let addr = format!("{ip}:8081");
+    let bin = target_dir().join("wasmcell-http-baseline");
+    let child = match Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .arg(&bin)
+        .arg(&addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => Reaped(c),
+        Err(e) => return missing(name, format!("nsenter: {e}")),
+    };
+    measure(name, &addr, child.0.id() as i32, secs)
+}
+
+fn wasmcell_cri(secs: u64, with_native: bool) -> Vec<Row> {
     let name = "(e) wasmcell, CRI pod";
     let c = Cri::start();
     let pod_cfg = c.pod_config("bench");
     let (pod, ip) = c.run_ready_pod(&pod_cfg);
+    let native = with_native.then(|| native_in_pod(&c, &pod, &ip, secs));
     let web = c
         .create(&pod, &pod_cfg, c.container_config("web", &["/http.wasm"], &[("WASMCELL_HTTP_ADDR", "0.0.0.0:8080")]))
         .expect("CreateContainer");
@@ -231,7 +269,7 @@ fn wasmcell_cri(secs: u64) -> Row {
     let row = measure(name, &format!("{ip}:8080"), shim, secs);
     c.remove_pod_and(&pod, &[&web]);
     c.stop_and_check_clean();
-    row
+    native.into_iter().chain([row]).collect()
 }
 
 const REUSE: &str = "wasmcell.dev/http-instance-reuse=1000";
@@ -261,15 +299,18 @@ fn main() {
             }),
         ),
         ("(d3)", Box::new(move || wasmcell_ctr("(d3) wasmcell, ctr, WASI 0.3 handler", "/p3-http.wasm", &[], secs))),
-        ("(e)", Box::new(move || wasmcell_cri(secs))),
     ];
-    let rows: Vec<Row> = all
+    let wanted = |tag: &str| only.as_ref().is_none_or(|o| o.iter().any(|t| t == tag));
+    let mut rows: Vec<Row> = all
         .iter()
-        .map(|(tag, m)| match &only {
-            Some(o) if !o.iter().any(|t| t == tag) => missing(tag, "not in BENCH_HTTP_ROWS".into()),
-            _ => m(),
-        })
+        .map(|(tag, m)| if wanted(tag) { m() } else { missing(tag, "not in BENCH_HTTP_ROWS".into()) })
         .collect();
+    // (a2) and (e) share one pod.
+    match (wanted("(a2)"), wanted("(e)")) {
+        (false, false) => {}
+        (with_native, true) => rows.extend(wasmcell_cri(secs, with_native)),
+        (true, false) => rows.extend(wasmcell_cri(secs, true).into_iter().take(1)),
+    }
     println!();
     println!("HTTP hello handler, {secs} s per point, wrk -t1 on this machine:");
     println!(
