@@ -347,6 +347,8 @@ pub(crate) struct GuestOut {
 impl GuestOut {
     /// Must be called inside a tokio runtime.
     pub(crate) fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        // Every handle's writes are non-blocking (see `output::PipeOut`).
+        crate::output::set_nonblocking(&fd)?;
         let p2_end = fd.try_clone()?;
         let tx = tokio::net::unix::pipe::Sender::from_owned_fd(p2_end)?;
         Ok(GuestOut { p2: std::sync::Arc::new(AsyncStdoutStream::new(64 * 1024, tx)), fd: std::sync::Arc::new(fd) })
@@ -360,19 +362,12 @@ impl wasmtime_wasi::cli::IsTerminal for GuestOut {
 }
 
 impl wasmtime_wasi::cli::StdoutStream for GuestOut {
-    /// Each instance its own buffered writer on its own handle of the pipe:
-    /// Wasmtime's buffered stream takes one writer at a time ("concurrent
-    /// writes are not supported"), and an HTTP component's instances write
-    /// at once. Their lines interleave in the pipe as the writes of a
+    /// Each instance its own stream writing straight into the pipe
+    /// (`output::PipeOut`): an HTTP component's instances write at once,
+    /// and their lines interleave in the pipe as the writes of a
     /// container's processes do.
     fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
-        match self.fd.try_clone().and_then(tokio::net::unix::pipe::Sender::from_owned_fd) {
-            Ok(tx) => AsyncStdoutStream::new(64 * 1024, tx).p2_stream(),
-            Err(e) => {
-                log::warn!("guest output: {e}; sharing one buffered stream");
-                self.p2.p2_stream()
-            }
-        }
+        Box::new(crate::output::PipeOut::new(self.fd.clone()))
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {

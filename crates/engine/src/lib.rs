@@ -19,6 +19,7 @@ mod http3;
 mod imports;
 pub mod keyvalue;
 mod limiter;
+mod output;
 mod policy;
 mod run;
 mod ticker;
