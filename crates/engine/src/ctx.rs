@@ -332,9 +332,9 @@ impl GuestConfig {
 
 /// A guest's stdout or stderr: a pipe to the shim's copier.
 ///
-/// WASI 0.2 writes go through Wasmtime's buffered stream (its
-/// `blocking-write-and-flush` waits until the bytes are in the pipe). WASI
-/// 0.3 writes (`write-via-stream`) go straight into the pipe: the buffered
+/// WASI 0.2 writes go straight into the pipe in the guest's call
+/// (`output::PipeOut`). WASI 0.3 writes (`write-via-stream`) go into the
+/// pipe through a tokio pipe writer, not Wasmtime's buffered stream: the buffered
 /// stream's writer task would be dropped with the store, and the last bytes
 /// of a guest that returns right after writing with them (seen: a p3
 /// command's whole output, now and then).
