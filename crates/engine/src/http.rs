@@ -43,6 +43,13 @@ struct Warm {
     since: std::time::Instant,
 }
 
+impl Warm {
+    /// It has waited less than [`REUSE_IDLE`] for its next request.
+    fn fresh(&self) -> bool {
+        self.since.elapsed() < REUSE_IDLE
+    }
+}
+
 /// Default bound on requests handled at once when `pids.limit` is unset.
 pub const DEFAULT_CONCURRENCY: usize = 128;
 /// Bound on open client connections.
@@ -239,7 +246,7 @@ impl Server {
         while let Some(w) = warm.pop() {
             // Code of the tier in use (a first start's baseline instances
             // are not reused once the optimized code serves), not stale.
-            if wasmtime::Engine::same(w.store.engine(), engine) && w.since.elapsed() < REUSE_IDLE {
+            if wasmtime::Engine::same(w.store.engine(), engine) && w.fresh() {
                 return Some(w);
             }
         }
@@ -263,8 +270,7 @@ impl Server {
     fn expire_warm(&self, all: bool) {
         let stale: Vec<Warm> = {
             let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-            let (keep, stale) =
-                std::mem::take(&mut *warm).into_iter().partition(|w| !all && w.since.elapsed() < REUSE_IDLE);
+            let (keep, stale) = std::mem::take(&mut *warm).into_iter().partition(|w| !all && w.fresh());
             *warm = keep;
             stale
         };

@@ -23,6 +23,20 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 /// Bytes a stream accepts before the pipe has taken the earlier ones.
 pub(crate) const PERMIT: usize = 64 * 1024;
 
+/// Writes as much of `buf` as the pipe takes now; the bytes written.
+fn put(fd: &OwnedFd, buf: &[u8]) -> Result<usize, Errno> {
+    let mut done = 0;
+    while done < buf.len() {
+        match nix::unistd::write(fd.as_fd(), &buf[done..]) {
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Makes the pipe's open file description non-blocking (all its handles).
 pub(crate) fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -52,23 +66,22 @@ impl PipeOut {
         if self.closed {
             return Err(StreamError::Closed);
         }
-        while !self.pending.is_empty() {
-            match nix::unistd::write(self.fd.as_fd(), &self.pending) {
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return Ok(()),
-                Err(Errno::EPIPE) => {
-                    self.closed = true;
-                    self.pending.clear();
-                    return Err(StreamError::Closed);
-                }
-                Err(e) => return Err(StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string()))),
-            }
+        let n = put(&self.fd, &self.pending).map_err(|e| self.failed(e))?;
+        self.pending.drain(..n);
+        if self.pending.is_empty() {
+            self.flushing = false;
         }
-        self.flushing = false;
         Ok(())
+    }
+
+    /// The stream error for a failed write; a reader gone closes the stream.
+    fn failed(&mut self, e: Errno) -> StreamError {
+        if e == Errno::EPIPE {
+            self.closed = true;
+            self.pending.clear();
+            return StreamError::Closed;
+        }
+        StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string()))
     }
 
     fn permit(&self) -> usize {
@@ -88,26 +101,9 @@ impl OutputStream for PipeOut {
         if bytes.len() > self.permit() {
             return Err(StreamError::trap("write beyond what check-write allowed"));
         }
-        let mut rest: &[u8] = &bytes;
-        if self.pending.is_empty() {
-            // The common case: straight into the pipe, nothing kept.
-            loop {
-                match nix::unistd::write(self.fd.as_fd(), rest) {
-                    Ok(n) => rest = &rest[n..],
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::EAGAIN) => break,
-                    Err(Errno::EPIPE) => {
-                        self.closed = true;
-                        return Err(StreamError::Closed);
-                    }
-                    Err(e) => return Err(StreamError::LastOperationFailed(wasmtime::Error::msg(e.to_string()))),
-                }
-                if rest.is_empty() {
-                    return Ok(());
-                }
-            }
-        }
-        self.pending.extend_from_slice(rest);
+        // The common case: straight into the pipe, nothing kept.
+        let n = if self.pending.is_empty() { put(&self.fd, &bytes).map_err(|e| self.failed(e))? } else { 0 };
+        self.pending.extend_from_slice(&bytes[n..]);
         self.drain()
     }
 
