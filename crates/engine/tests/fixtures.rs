@@ -727,6 +727,46 @@ fn policy_turns_features_off_and_denies_imports() {
 /// the output and exit code the optimized code gives, and moves over to the
 /// optimized code when the background compile has put it in the cache; the
 /// next start loads that (issue 18).
+/// This thread's nice value.
+fn nice() -> i32 {
+    // SAFETY: no memory effects; errno is this thread's.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, 0);
+        assert_eq!(*libc::__errno_location(), 0, "getpriority");
+        n
+    }
+}
+
+#[test]
+fn a_background_compile_runs_nicer_than_the_shim() {
+    use wasmcell_engine::{FirstStart, Tier};
+    let d = tmp();
+    let cache = wasmcell_engine::cache::CacheConfig { dir: d.path().join("cache"), ..Default::default() };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, inner) = (seen.clone(), Engine::new().unwrap());
+    // The shim's compiler forks its child from the calling thread, which
+    // gives the child that thread's nice value: this one records it.
+    let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k, tier, _| {
+        log.lock().unwrap().push((tier, nice()));
+        inner.precompile_tier(b, k, tier)
+    });
+    let e = Engine::with_options(Some(cache), Some(compiler))
+        .unwrap()
+        .with_first_start(FirstStart::Baseline { min_bytes: 0 });
+    let bytes = fixture("hello.wasm");
+    let program = e.prepare(&bytes, classify(&bytes).unwrap(), Default::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert!(rt.block_on(program.optimized()));
+    let base = nice();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(Tier::Baseline, base), (Tier::Optimized, (base + wasmcell_engine::BACKGROUND_NICE).min(19))],
+        "the first start's baseline compile at the shim's priority, the optimizing one in the background, nicer"
+    );
+}
+
 #[test]
 fn first_start_runs_baseline_code_then_optimized_code() {
     use wasmcell_engine::{FirstStart, Tier};
