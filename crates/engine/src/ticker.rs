@@ -59,10 +59,17 @@ impl Ticker {
         self.shared.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
     }
 
+    /// Keeps the clock running until the guard is dropped. Only the first
+    /// guard (none held before) wakes the clock: an HTTP server takes one
+    /// per request, and two workers taking the lock on every request would
+    /// contend for it.
     pub(crate) fn running(&self) -> Running {
-        self.shared.active.fetch_add(1, Ordering::SeqCst);
-        let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.shared.wake.notify_all();
+        if self.shared.active.fetch_add(1, Ordering::SeqCst) == 0 {
+            // Under the lock: the clock is either before its check of
+            // `active` (and sees this guard) or waiting (and is woken).
+            let _guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.wake.notify_all();
+        }
         Running { shared: self.shared.clone() }
     }
 }
