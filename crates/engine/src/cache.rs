@@ -201,6 +201,11 @@ impl Cache {
         Ok(())
     }
 
+    /// Whether an entry for this Wasm is there (not checked).
+    pub fn contains(&self, digest: &blake3::Hash, kind: WasmKind) -> bool {
+        self.entry(digest, kind).exists()
+    }
+
     /// The compiled artifact for `wasm` if the cache holds a sound one.
     pub fn get(&self, digest: &blake3::Hash, kind: WasmKind) -> Option<Artifact> {
         match Self::read(&self.entry(digest, kind)) {

@@ -40,7 +40,7 @@ pub use keyvalue::{KvStore, MemoryStore, RedisStore};
 pub use limiter::{max_handles, set_max_handles, GuestStats, HostMemory, DEFAULT_MAX_HANDLES};
 pub use policy::{admit, Granted};
 pub use run::Exit;
-pub use tiers::{Cancel, FirstStart, Tier};
+pub use tiers::{Cancel, Concurrency, FirstStart, Tier};
 pub use wasmcell_grants::Policy;
 
 use ctx::P1State;
@@ -68,6 +68,42 @@ struct Inner {
     cache: Option<cache::Cache>,
     compiler: Option<Compiler>,
     policy: Option<Arc<Policy>>,
+    /// Whether this engine runs the component model's concurrency.
+    concurrency: Concurrency,
+    /// The twin without it, where the components that need none run (see
+    /// [`Concurrency`]); only on the engine that has it.
+    sync: Option<Engine>,
+}
+
+/// The Wasm `wasm` gives, got on the first call of any closure made on
+/// the same `slot`, then borrowed from it.
+fn once<'s, 'a: 's, F>(
+    slot: &'s mut Option<std::borrow::Cow<'a, [u8]>>,
+    wasm: &'s mut Option<F>,
+) -> impl FnOnce() -> Result<std::borrow::Cow<'s, [u8]>, EngineError> + use<'s, 'a, F>
+where
+    F: FnOnce() -> Result<std::borrow::Cow<'a, [u8]>, EngineError>,
+{
+    move || {
+        if slot.is_none() {
+            let read = wasm.take().ok_or_else(|| EngineError::Setup("the Wasm could not be read".into()))?;
+            *slot = Some(read()?);
+        }
+        let slot: &'s Option<std::borrow::Cow<'a, [u8]>> = slot;
+        match slot {
+            Some(w) => Ok(std::borrow::Cow::Borrowed(&**w)),
+            None => Err(EngineError::Setup("the Wasm could not be read".into())),
+        }
+    }
+}
+
+/// What the two engines of a twin pair share.
+struct Shared {
+    cache: Option<cache::CacheConfig>,
+    compiler: Option<Compiler>,
+    policy: Option<Arc<Policy>>,
+    ticker: ticker::Ticker,
+    fair: Arc<fairshare::FairShare>,
 }
 
 /// Turns Wasm into this engine's compiled form for a tier
@@ -75,7 +111,10 @@ struct Inner {
 /// the compiler in a child process, so that a compile's memory and code
 /// pages do not stay with a long-lived shim and a compiler crash cannot take
 /// the shim down. A compile stops (with an error) once `Cancel` is set.
-pub type Compiler = Arc<dyn Fn(&[u8], WasmKind, Tier, &Cancel) -> Result<Vec<u8>, EngineError> + Send + Sync>;
+/// The compiled form is for an engine with or without the component
+/// model's concurrency, as `Concurrency` says.
+pub type Compiler =
+    Arc<dyn Fn(&[u8], WasmKind, Tier, Concurrency, &Cancel) -> Result<Vec<u8>, EngineError> + Send + Sync>;
 
 /// A compiled, pre-linked guest, ready to instantiate any number of times.
 ///
@@ -353,7 +392,27 @@ impl Engine {
         if let Some(p) = &policy {
             config.wasm_features(policy::denied(p), false);
         }
-        let opt = tiers::Linked::new(&config).map_err(|e| match &policy {
+        let mut sync_config = config.clone();
+        sync_config.wasm_component_model_async(false).concurrency_support(false);
+        let policy = policy.map(Arc::new);
+        let ticker = ticker::Ticker::new(TICK);
+        let fair = Arc::new(fairshare::FairShare::new());
+        let shared = Shared { cache, compiler, policy, ticker, fair };
+        let sync = Self::build(sync_config, Concurrency::Off, &shared, None)?;
+        Self::build(config, Concurrency::On, &shared, Some(sync))
+    }
+
+    /// One engine of a twin pair (see [`Concurrency`]), sharing the epoch
+    /// clock, the CPU fair share, the cache directory, the compiler and the
+    /// policy with the other.
+    fn build(
+        config: Config,
+        concurrency: Concurrency,
+        shared: &Shared,
+        sync: Option<Engine>,
+    ) -> Result<Self, EngineError> {
+        let policy = &shared.policy;
+        let opt = tiers::Linked::new(&config, concurrency).map_err(|e| match policy {
             Some(p) if !p.deny_wasm_features.is_empty() => EngineError::Setup(format!(
                 "policy {}: deny_wasm_features {:?}: {e:#}",
                 p.path.display(),
@@ -361,9 +420,8 @@ impl Engine {
             )),
             _ => EngineError::setup(e),
         })?;
-        let ticker = ticker::Ticker::new(TICK);
-        ticker.add(opt.engine.clone());
-        let cache = cache.and_then(|c| match cache::Cache::open(c, &opt.engine) {
+        shared.ticker.add(opt.engine.clone());
+        let cache = shared.cache.clone().and_then(|c| match cache::Cache::open(c, &opt.engine) {
             Ok(c) => Some(c),
             Err(e) => {
                 log::warn!("compile cache disabled: {e}");
@@ -376,11 +434,13 @@ impl Engine {
                 baseline: std::sync::OnceLock::new(),
                 config,
                 first_start: FirstStart::from_env(),
-                ticker,
-                fair: Arc::new(fairshare::FairShare::new()),
+                ticker: shared.ticker.clone(),
+                fair: shared.fair.clone(),
                 cache,
-                compiler,
-                policy: policy.map(Arc::new),
+                compiler: shared.compiler.clone(),
+                policy: shared.policy.clone(),
+                concurrency,
+                sync,
             }),
         })
     }
@@ -389,7 +449,10 @@ impl Engine {
     /// `WASMCELL_FIRST_START`'s). Only before the engine is shared.
     pub fn with_first_start(mut self, f: FirstStart) -> Self {
         match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.first_start = f,
+            Some(inner) => {
+                inner.first_start = f;
+                inner.sync = inner.sync.take().map(|s| s.with_first_start(f));
+            }
             None => log::warn!("with_first_start on a shared engine: ignored"),
         }
         self
@@ -399,7 +462,7 @@ impl Engine {
     fn baseline(&self) -> Option<&tiers::Linked> {
         self.inner
             .baseline
-            .get_or_init(|| match tiers::Linked::baseline(&self.inner.config) {
+            .get_or_init(|| match tiers::Linked::baseline(&self.inner.config, self.inner.concurrency) {
                 Ok(l) => {
                     self.inner.ticker.add(l.engine.clone());
                     Some(l)
@@ -430,7 +493,9 @@ impl Engine {
                     + m.unused_stack_bytes_resident().unwrap_or(0)) as u64
             })
         };
-        warm(&self.inner.opt.engine) + self.inner.baseline.get().and_then(Option::as_ref).map_or(0, |b| warm(&b.engine))
+        warm(&self.inner.opt.engine)
+            + self.inner.baseline.get().and_then(Option::as_ref).map_or(0, |b| warm(&b.engine))
+            + self.inner.sync.as_ref().map_or(0, Engine::warm_pool_bytes)
     }
 
     /// The runtime handler's policy this engine enforces.
@@ -461,7 +526,7 @@ impl Engine {
 
     fn compile(&self, bytes: &[u8], kind: WasmKind, tier: Tier, cancel: &Cancel) -> Result<Vec<u8>, EngineError> {
         match &self.inner.compiler {
-            Some(c) => c(bytes, kind, tier, cancel),
+            Some(c) => c(bytes, kind, tier, self.inner.concurrency, cancel),
             None => self.precompile_tier(bytes, kind, tier),
         }
     }
@@ -525,8 +590,51 @@ impl Engine {
         })
     }
 
-    /// Compiles (or loads from the cache, when `digest` is given) and links.
+    /// The engine of this pair with or without the component model's
+    /// concurrency (see [`Concurrency`]).
+    pub fn with_concurrency(&self, concurrency: Concurrency) -> &Engine {
+        match &self.inner.sync {
+            Some(sync) if concurrency == Concurrency::Off => sync,
+            _ => self,
+        }
+    }
+
+    /// Compiles (or loads from the cache, when `digest` is given) and links,
+    /// a component on the engine without concurrency when it runs there (see
+    /// [`Concurrency`]).
     fn prepare_with<'a>(
+        &self,
+        digest: Option<blake3::Hash>,
+        kind: WasmKind,
+        granted: Granted,
+        wasm: impl FnOnce() -> Result<std::borrow::Cow<'a, [u8]>, EngineError>,
+    ) -> Result<Program, EngineError> {
+        let Some(sync) = self.inner.sync.as_ref().filter(|_| kind == WasmKind::Component) else {
+            return self.prepare_one(digest, kind, granted, wasm);
+        };
+        // Compiled before: for one engine or the other. A component that
+        // needs concurrency is never tried on the other engine again.
+        if let (Some(d), Some(cache), Some(sync_cache)) = (digest, &self.inner.cache, &sync.inner.cache) {
+            if !sync_cache.contains(&d, kind) && cache.contains(&d, kind) {
+                return self.prepare_one(digest, kind, granted, wasm);
+            }
+        }
+        // Read (and hash-checked) once for both tries.
+        let (mut read, mut wasm) = (None, Some(wasm));
+        match sync.prepare_one(digest, kind, granted, once(&mut read, &mut wasm)) {
+            Ok(p) => Ok(p),
+            // Async lifts or lowers (the compiler refuses them without
+            // concurrency), or WASI 0.3 imports or exports (not linked there).
+            Err(e @ (EngineError::Compile(_) | EngineError::Link(_) | EngineError::NoEntry { .. })) => {
+                log::debug!("{kind:?}: runs on the engine with the component model's concurrency ({e})");
+                self.prepare_one(digest, kind, granted, once(&mut read, &mut wasm))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`prepare_with`](Self::prepare_with) on this engine.
+    fn prepare_one<'a>(
         &self,
         digest: Option<blake3::Hash>,
         kind: WasmKind,

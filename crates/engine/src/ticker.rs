@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+#[derive(Clone)]
 pub(crate) struct Ticker {
     shared: Arc<Shared>,
 }

@@ -23,6 +23,26 @@ use wasmtime::{Config, Linker};
 use crate::ctx::{P1State, P2State};
 use crate::{fsguard, keyvalue, EngineError};
 
+/// Whether an engine runs the component model's concurrency (WASI 0.3:
+/// async lifts and lowers, streams, futures, concurrent host calls).
+///
+/// Wasmtime runs every export call of an engine that has it through its
+/// concurrent event loop, which a WASI 0.2 component never needs: the HTTP
+/// bench's 0.2 handler served 13% more requests per second on an engine
+/// without it. So each engine has a twin without it, and a component that
+/// compiles and links without it (no async lifts or lowers, no 0.3 imports)
+/// runs there; the others run on the engine that has it. Compiled code is
+/// specific to one of the two: their artifacts are distinct cache entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// WASI 0.3 and the component model's async, as well as 0.2 and
+    /// preview 1.
+    On,
+    /// WASI 0.2 components only (core modules too, but those always run on
+    /// the engine that has it).
+    Off,
+}
+
 /// Which compiler makes a program's code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -96,7 +116,7 @@ pub(crate) struct Linked {
 }
 
 impl Linked {
-    pub(crate) fn new(config: &Config) -> wasmtime::Result<Linked> {
+    pub(crate) fn new(config: &Config, concurrency: Concurrency) -> wasmtime::Result<Linked> {
         let engine = wasmtime::Engine::new(config)?;
         let mut components = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components)?;
@@ -104,9 +124,11 @@ impl Linked {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut components)?;
         // WASI 0.3 in the same linker: a component may import both (Rust's
         // std brings 0.2 imports into every 0.3 component it builds).
-        wasmtime_wasi::p3::add_to_linker(&mut components)?;
-        fsguard::guard_p3(&mut components)?;
-        wasmtime_wasi_http::p3::add_to_linker(&mut components)?;
+        if concurrency == Concurrency::On {
+            wasmtime_wasi::p3::add_to_linker(&mut components)?;
+            fsguard::guard_p3(&mut components)?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut components)?;
+        }
         // Served to every component; what a guest reads is what its spec
         // grants (an empty config store, no key-value store).
         wasmtime_wasi_config::add_to_linker(&mut components, P2State::config)?;
@@ -117,7 +139,7 @@ impl Linked {
     }
 
     /// The baseline tier for an optimizing engine configured as `config`.
-    pub(crate) fn baseline(config: &Config) -> Result<Linked, EngineError> {
+    pub(crate) fn baseline(config: &Config, concurrency: Concurrency) -> Result<Linked, EngineError> {
         let mut c = config.clone();
         c.strategy(wasmtime::Strategy::Winch).wasm_features(WINCH_UNSUPPORTED, false);
         // Winch still has Cranelift compile a trampoline for every function
@@ -130,7 +152,7 @@ impl Linked {
         c.cranelift_opt_level(wasmtime::OptLevel::None)
             .cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass)
             .native_unwind_info(false);
-        Linked::new(&c).map_err(EngineError::setup)
+        Linked::new(&c, concurrency).map_err(EngineError::setup)
     }
 }
 

@@ -747,9 +747,9 @@ fn a_background_compile_runs_nicer_than_the_shim() {
     let (log, inner) = (seen.clone(), Engine::new().unwrap());
     // The shim's compiler forks its child from the calling thread, which
     // gives the child that thread's nice value: this one records it.
-    let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k, tier, _| {
+    let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k, tier, concurrency, _| {
         log.lock().unwrap().push((tier, nice()));
-        inner.precompile_tier(b, k, tier)
+        inner.with_concurrency(concurrency).precompile_tier(b, k, tier)
     });
     let e = Engine::with_options(Some(cache), Some(compiler))
         .unwrap()
@@ -797,4 +797,38 @@ fn first_start_runs_baseline_code_then_optimized_code() {
         }
         assert_eq!(first.stdout, later.stdout, "{wasm}");
     }
+}
+
+#[test]
+fn wasi_0_2_components_run_on_the_engine_without_concurrency_and_0_3_ones_on_the_other() {
+    use wasmcell_engine::{cache, Concurrency, FirstStart};
+    let d = tmp();
+    let cache_config = cache::CacheConfig { dir: d.path().join("cache"), ..Default::default() };
+    let e = Engine::with_cache(Some(cache_config.clone())).unwrap().with_first_start(FirstStart::Optimized);
+    let entry = |c: Concurrency, wasm: &[u8]| {
+        cache::Cache::open(cache_config.clone(), e.with_concurrency(c).wasmtime())
+            .unwrap()
+            .entry(&cache::digest(wasm), WasmKind::Component)
+    };
+    for (name, runs_on) in [
+        ("hello.wasm", Concurrency::Off),
+        ("http.wasm", Concurrency::Off),
+        ("p3-command.wasm", Concurrency::On),
+        ("p3-http.wasm", Concurrency::On),
+    ] {
+        let wasm = fixture(name);
+        let other = if runs_on == Concurrency::On { Concurrency::Off } else { Concurrency::On };
+        // A start that compiles, then one that loads from the cache.
+        for _ in 0..2 {
+            e.prepare(&wasm, WasmKind::Component, Default::default()).unwrap();
+            assert!(entry(runs_on, &wasm).exists(), "{name}: compiled for the engine with concurrency {runs_on:?}");
+            assert!(!entry(other, &wasm).exists(), "{name}: nothing stored for the engine with concurrency {other:?}");
+        }
+    }
+    assert_ne!(entry(Concurrency::On, b"x"), entry(Concurrency::Off, b"x"), "distinct cache entries");
+    // And each runs there.
+    let c = run(&e, &fixture("hello.wasm"), config(d.path(), &["hello"]), Default::default());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0));
+    let c = run(&e, &fixture("p3-command.wasm"), config(d.path(), &["x", "exit", "7"]), Default::default());
+    assert_eq!(c.exit.unwrap().status(), 7);
 }

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmcell_engine::{Cancel, Engine, EngineError, Tier};
+use wasmcell_engine::{Cancel, Concurrency, Engine, EngineError, Tier};
 use wasmcell_oci::WasmKind;
 
 /// The first argument that makes the binary a compiler rather than a shim
@@ -42,6 +42,7 @@ pub fn out_of_process(
     bytes: &[u8],
     kind: WasmKind,
     tier: Tier,
+    concurrency: Concurrency,
     cancel: &Cancel,
     limit: Duration,
     deny_features: &[String],
@@ -54,6 +55,9 @@ pub fn out_of_process(
     }
     if tier == Tier::Baseline {
         cmd.arg(BASELINE);
+    }
+    if concurrency == Concurrency::Off {
+        cmd.arg(NO_CONCURRENCY);
     }
     cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     crate::sys::process::die_with_parent(&mut cmd);
@@ -135,12 +139,16 @@ pub fn out_of_process(
 const DENY_FEATURES: &str = "--deny-wasm-features";
 /// The child's flag for the baseline tier.
 const BASELINE: &str = "--baseline";
+/// The child's flag for the engine without the component model's
+/// concurrency (WASI 0.2 components).
+const NO_CONCURRENCY: &str = "--no-concurrency";
 
 /// The child's side: compiles stdin to stdout. Exit 0, or 1 with Wasmtime's
 /// reason on stderr, or 2 for a usage or set-up error. `args` follow the
-/// action: `component|module [--deny-wasm-features a,b]`.
+/// action: `component|module [--deny-wasm-features a,b] [--baseline]
+/// [--no-concurrency]`.
 pub fn run_child(args: &[String]) -> i32 {
-    let (mut policy, mut tier) = (None, Tier::Optimized);
+    let (mut policy, mut tier, mut concurrency) = (None, Tier::Optimized, Concurrency::On);
     let mut rest = args.iter().skip(1);
     while let Some(a) = rest.next() {
         match (a.as_str(), rest.clone().next()) {
@@ -152,8 +160,9 @@ pub fn run_child(args: &[String]) -> i32 {
                 rest.next();
             }
             (BASELINE, _) => tier = Tier::Baseline,
+            (NO_CONCURRENCY, _) => concurrency = Concurrency::Off,
             other => {
-                eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] [{BASELINE}] (got {other:?})");
+                eprintln!("usage: {ACTION} component|module [{DENY_FEATURES} a,b] [{BASELINE}] [{NO_CONCURRENCY}] (got {other:?})");
                 return 2;
             }
         }
@@ -163,7 +172,7 @@ pub fn run_child(args: &[String]) -> i32 {
         Some("module") => WasmKind::Module,
         other => {
             eprintln!(
-                "usage: {ACTION} component|module [{DENY_FEATURES} a,b] [{BASELINE}] < WASM > ARTIFACT (got {other:?})"
+                "usage: {ACTION} component|module [{DENY_FEATURES} a,b] [{BASELINE}] [{NO_CONCURRENCY}] < WASM > ARTIFACT (got {other:?})"
             );
             return 2;
         }
@@ -180,7 +189,7 @@ pub fn run_child(args: &[String]) -> i32 {
             return 2;
         }
     };
-    match engine.precompile_tier(&bytes, kind, tier) {
+    match engine.with_concurrency(concurrency).precompile_tier(&bytes, kind, tier) {
         Ok(artifact) => match std::io::stdout().lock().write_all(&artifact) {
             Ok(()) => 0,
             Err(e) => {

@@ -129,8 +129,9 @@ impl TaskService {
         }
         let limit = config::compile_timeout();
         let features = policy.as_ref().map(|p| p.deny_wasm_features.clone()).unwrap_or_default();
-        let compiler: wasmcell_engine::Compiler =
-            Arc::new(move |b, k, tier, cancel| crate::compiler::out_of_process(b, k, tier, cancel, limit, &features));
+        let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k, tier, concurrency, cancel| {
+            crate::compiler::out_of_process(b, k, tier, concurrency, cancel, limit, &features)
+        });
         let e = Engine::with_policy(cache, Some(compiler), policy).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.inner.engine.get_or_init(|| e).clone())
     }
