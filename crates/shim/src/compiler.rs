@@ -148,6 +148,7 @@ const NO_CONCURRENCY: &str = "--no-concurrency";
 /// action: `component|module [--deny-wasm-features a,b] [--baseline]
 /// [--no-concurrency]`.
 pub fn run_child(args: &[String]) -> i32 {
+    crate::sys::process::map_large_allocations();
     let (mut policy, mut tier, mut concurrency) = (None, Tier::Optimized, Concurrency::On);
     let mut rest = args.iter().skip(1);
     while let Some(a) = rest.next() {
