@@ -232,3 +232,45 @@ fn http_instances_are_fresh_per_request_unless_reuse_is_annotated() {
     c.ctr(&["containers", "rm", "bad"]).ok();
     c.stop_and_check_clean();
 }
+
+/// Issue 15's regression check, through containerd: 32 requests at once to
+/// a handler under a 6 MiB memory limit, each instance holding about
+/// 1.1 MiB for 300 ms. They cannot all be live at once, so some get a 500
+/// while the others are answered; the server then serves on, and its stats
+/// (`ctr task metrics`) show the limit, with the memory held afterwards
+/// within it.
+#[test]
+fn concurrent_requests_under_a_memory_limit_are_held_to_it() {
+    const LIMIT: u64 = 6 << 20;
+    let c = Containerd::start();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = c.dir.path().join("http.log");
+    let limit = LIMIT.to_string();
+    start_server(&c, "capped", &["--net-host", "--memory-limit", &limit], &addr, &log);
+    wait_up(&addr);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                let addr = addr.clone();
+                s.spawn(move || get(&addr, "/slow?ms=300").map_or(0, |(st, _)| st))
+            })
+            .collect();
+        clients.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 500), "every request is answered: {statuses:?}");
+    assert!(statuses.contains(&200), "requests that fit are served: {statuses:?}");
+    assert!(statuses.contains(&500), "32 instances of ~1.1 MiB cannot all fit in 6 MiB: {statuses:?}");
+    assert_eq!(get(&addr, "/after").unwrap().0, 200, "the server serves on");
+    let m = c.ctr(&["task", "metrics", "capped"]);
+    m.ok();
+    let value = |name: &str| -> u64 {
+        m.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in {}", m.stdout))
+    };
+    assert_eq!(value("memory.usage_limit"), LIMIT, "{}", m.stdout);
+    assert!(value("memory.usage") <= LIMIT, "{}", m.stdout);
+    stop(&c, "capped");
+    c.stop_and_check_clean();
+}
