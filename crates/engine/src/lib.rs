@@ -184,6 +184,16 @@ impl Program {
         self.upgrade.as_ref()
     }
 
+    /// Stops its background compile now (its compiler child is killed,
+    /// nothing is stored), for a container being deleted: its cgroup can
+    /// then go at once, where the compiler would keep it busy. Copies of
+    /// the program keep running the code they have.
+    pub fn cancel_background_compile(&self) {
+        if let Some(u) = &self.upgrade {
+            u._cancel.0.cancel();
+        }
+    }
+
     /// Serves HTTP rather than running to completion.
     pub fn is_server(&self) -> bool {
         matches!(self.kind, Kind::Http(_) | Kind::Http3(_))

@@ -157,16 +157,48 @@ impl Linked {
 }
 
 /// Asks a compile to stop: the compiler is killed and nothing is stored.
-#[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+/// Whoever waits on a compile registers [`on_cancel`](Self::on_cancel) to
+/// hear of it at once, not at its next look at the flag.
+#[derive(Clone, Default)]
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    wakers: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancel").field("cancelled", &self.is_cancelled()).finish()
+    }
+}
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        let wakers = {
+            let mut w = self.0.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            self.0.cancelled.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *w)
+        };
+        for wake in wakers {
+            wake();
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Runs `wake` when the compile is cancelled (now, if it already is).
+    pub fn on_cancel(&self, wake: impl FnOnce() + Send + 'static) {
+        let mut w = self.0.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.cancelled.load(Ordering::SeqCst) {
+            drop(w);
+            wake();
+        } else {
+            w.push(Box::new(wake));
+        }
     }
 }
 

@@ -77,16 +77,22 @@ pub fn out_of_process(
             let _ = stderr.take(64 << 10).read_to_end(&mut v);
             v
         });
+        // The artifact, or `None` the moment the compile is cancelled.
         let (tx, rx) = std::sync::mpsc::channel();
+        let woken = tx.clone();
+        cancel.on_cancel(move || {
+            let _ = woken.send(None);
+        });
         s.spawn(move || {
             let mut v = Vec::new();
-            let _ = tx.send(stdout.read_to_end(&mut v).map(|_| v));
+            let _ = tx.send(Some(stdout.read_to_end(&mut v).map(|_| v)));
         });
-        // Waits in short steps, to notice a cancel.
+        // Waits in steps, to notice the time limit.
         let step = Duration::from_millis(100);
         let out = loop {
             match rx.recv_timeout(step) {
-                Ok(r) => break Some(r),
+                Ok(Some(r)) => break Some(r),
+                Ok(None) => break None,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if cancel.is_cancelled() || started.elapsed() >= limit {

@@ -56,6 +56,11 @@ impl Container {
     /// Releases everything the container holds on the host: stdio, the
     /// rootfs mount and views, private directories.
     pub(crate) async fn release(&self, kernel: Arc<dyn Kernel>) {
+        // First: its compiler child runs in the container's cgroup, which
+        // the deletion removes next.
+        if let Workload::Wasm { program, .. } = &self.workload {
+            program.cancel_background_compile();
+        }
         let execs: Vec<_> = self.execs.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, e)| e).collect();
         for e in execs {
             e.release().await;

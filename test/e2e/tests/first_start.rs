@@ -79,12 +79,10 @@ fn an_http_service_moves_to_the_optimized_code() {
     c.stop_and_check_clean();
 }
 
-#[test]
-fn deleting_a_container_during_its_background_compile_leaves_nothing() {
-    let c = Containerd::start_with_env(&[BASELINE_ALWAYS]);
-    // A module that spins forever, with enough code that its optimizing
-    // compile takes seconds, the more so under a CPU quota of 0.2 core
-    // (the compiler runs in the container's cgroup, under its limits).
+/// A module that spins forever, with enough code that its optimizing
+/// compile takes seconds, the more so under a CPU quota of 0.2 core (the
+/// compiler runs in the container's cgroup, under its limits).
+fn slow_to_compile() -> Vec<u8> {
     let funcs: String = (0..20_000)
         .map(|i| {
             let body: String = (0..12)
@@ -96,9 +94,14 @@ fn deleting_a_container_during_its_background_compile_leaves_nothing() {
             )
         })
         .collect();
-    let wasm = wat::parse_str(format!("(module {funcs} (func (export \"_start\") (loop $l (br $l))))")).unwrap();
+    wat::parse_str(format!("(module {funcs} (func (export \"_start\") (loop $l (br $l))))")).unwrap()
+}
+
+#[test]
+fn deleting_a_container_during_its_background_compile_leaves_nothing() {
+    let c = Containerd::start_with_env(&[BASELINE_ALWAYS]);
     let path = c.dir.path().join("slow.wasm");
-    std::fs::write(&path, wasm).unwrap();
+    std::fs::write(&path, slow_to_compile()).unwrap();
     c.import_image("wasmcell.test/slow:1", &[path.display().to_string()], &[]);
     // Another container of the same shim (one pod) keeps the shim alive:
     // what stops the compiler is the deletion, not the shim's exit.
@@ -130,5 +133,35 @@ fn deleting_a_container_during_its_background_compile_leaves_nothing() {
     assert!(files.iter().all(|f| !f.ends_with("-m.cwasm")), "no artifact of the cancelled compile: {files:?}");
     assert!(c.wait_shims_gone().is_empty(), "no shim left");
     std::thread::sleep(Duration::from_millis(200));
+    c.stop_and_check_clean();
+}
+
+/// A container of its own shim, deleted while its optimizing compile runs:
+/// the deletion stops the compiler first, so that the container's cgroup
+/// (where the compiler runs) is removed by the deletion itself, not left
+/// busy for the shim's later cleanup.
+#[test]
+fn a_deletion_stops_the_background_compile_before_removing_the_cgroup() {
+    let c = Containerd::start_with_env(&[BASELINE_ALWAYS]);
+    let path = c.dir.path().join("slow.wasm");
+    std::fs::write(&path, slow_to_compile()).unwrap();
+    c.import_image("wasmcell.test/slow:1", &[path.display().to_string()], &[]);
+    let mut a = vec!["run", "-d", "--platform", "wasi/wasm", "--runtime", wasmcell_e2e::RUNTIME];
+    a.extend(["--cpu-quota", "20000", "--cpu-period", "100000", "wasmcell.test/slow:1", "own", "/slow.wasm"]);
+    c.ctr(&a).ok();
+    c.wait_status("own", "RUNNING");
+    let busy =
+        until(400, compilers, |p| p.iter().any(|l| l.contains("compile-wasm module") && !l.contains("--baseline")));
+    assert!(!busy.is_empty(), "the optimizing compile runs: {busy:?}\n{}", c.log());
+    c.ctr(&["task", "kill", "-s", "SIGKILL", "own"]);
+    c.wait_status("own", "STOPPED");
+    c.ctr(&["task", "delete", "own"]).ok();
+    let log = c.log();
+    assert!(log.contains("optimizing compile cancelled"), "the deletion cancelled it:\n{log}");
+    assert!(!log.contains("remove cgroup"), "the deletion removed the container's cgroup:\n{log}");
+    c.ctr(&["containers", "rm", "own"]).ok();
+    let left = until(100, compilers, |p| p.is_empty());
+    assert!(left.is_empty(), "compiler processes left: {left:?}");
+    assert!(c.wait_shims_gone().is_empty(), "no shim left");
     c.stop_and_check_clean();
 }
