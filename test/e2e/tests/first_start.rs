@@ -97,28 +97,39 @@ fn slow_to_compile() -> Vec<u8> {
     wat::parse_str(format!("(module {funcs} (func (export \"_start\") (loop $l (br $l))))")).unwrap()
 }
 
+/// Imports the slow-to-compile image, starts container `id` from it under a
+/// CPU quota of 0.2 core (with `extra` ctr flags), waits until its
+/// optimizing compile runs, then kills it and deletes its task (not yet
+/// the container).
+fn delete_during_the_compile(c: &Containerd, id: &str, extra: &[&str]) {
+    let path = c.dir.path().join("slow.wasm");
+    if !path.exists() {
+        std::fs::write(&path, slow_to_compile()).unwrap();
+        c.import_image("wasmcell.test/slow:1", &[path.display().to_string()], &[]);
+    }
+    let mut a = vec!["run", "-d", "--platform", "wasi/wasm", "--runtime", wasmcell_e2e::RUNTIME];
+    a.extend(extra);
+    a.extend(["--cpu-quota", "20000", "--cpu-period", "100000", "wasmcell.test/slow:1", id, "/slow.wasm"]);
+    c.ctr(&a).ok();
+    c.wait_status(id, "RUNNING");
+    let busy =
+        until(400, compilers, |p| p.iter().any(|l| l.contains("compile-wasm module") && !l.contains("--baseline")));
+    assert!(!busy.is_empty(), "the optimizing compile runs: {busy:?}\n{}", c.log());
+    c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    c.wait_status(id, "STOPPED");
+    c.ctr(&["task", "delete", id]).ok();
+}
+
 #[test]
 fn deleting_a_container_during_its_background_compile_leaves_nothing() {
     let c = Containerd::start_with_env(&[BASELINE_ALWAYS]);
-    let path = c.dir.path().join("slow.wasm");
-    std::fs::write(&path, slow_to_compile()).unwrap();
-    c.import_image("wasmcell.test/slow:1", &[path.display().to_string()], &[]);
     // Another container of the same shim (one pod) keeps the shim alive:
     // what stops the compiler is the deletion, not the shim's exit.
     let pod = "--annotation=io.kubernetes.cri.sandbox-id=first-start-pod";
     c.run_detached("keeper", &[pod], &["/probe.wasm", "sleep", "600000"]).ok();
     c.wait_status("keeper", "RUNNING");
     let shims = c.shim_pids();
-    let mut a = vec!["run", "-d", "--platform", "wasi/wasm", "--runtime", wasmcell_e2e::RUNTIME, pod];
-    a.extend(["--cpu-quota", "20000", "--cpu-period", "100000", "wasmcell.test/slow:1", "slow", "/slow.wasm"]);
-    c.ctr(&a).ok();
-    c.wait_status("slow", "RUNNING");
-    let busy =
-        until(400, compilers, |p| p.iter().any(|l| l.contains("compile-wasm module") && !l.contains("--baseline")));
-    assert!(!busy.is_empty(), "the optimizing compile runs: {busy:?}\n{}", c.log());
-    c.ctr(&["task", "kill", "-s", "SIGKILL", "slow"]);
-    c.wait_status("slow", "STOPPED");
-    c.ctr(&["task", "delete", "slow"]).ok();
+    delete_during_the_compile(&c, "slow", &[pod]);
     c.ctr(&["containers", "rm", "slow"]).ok();
     let left = until(100, compilers, |p| p.is_empty());
     assert!(left.is_empty(), "compiler processes left: {left:?}");
@@ -143,19 +154,7 @@ fn deleting_a_container_during_its_background_compile_leaves_nothing() {
 #[test]
 fn a_deletion_stops_the_background_compile_before_removing_the_cgroup() {
     let c = Containerd::start_with_env(&[BASELINE_ALWAYS]);
-    let path = c.dir.path().join("slow.wasm");
-    std::fs::write(&path, slow_to_compile()).unwrap();
-    c.import_image("wasmcell.test/slow:1", &[path.display().to_string()], &[]);
-    let mut a = vec!["run", "-d", "--platform", "wasi/wasm", "--runtime", wasmcell_e2e::RUNTIME];
-    a.extend(["--cpu-quota", "20000", "--cpu-period", "100000", "wasmcell.test/slow:1", "own", "/slow.wasm"]);
-    c.ctr(&a).ok();
-    c.wait_status("own", "RUNNING");
-    let busy =
-        until(400, compilers, |p| p.iter().any(|l| l.contains("compile-wasm module") && !l.contains("--baseline")));
-    assert!(!busy.is_empty(), "the optimizing compile runs: {busy:?}\n{}", c.log());
-    c.ctr(&["task", "kill", "-s", "SIGKILL", "own"]);
-    c.wait_status("own", "STOPPED");
-    c.ctr(&["task", "delete", "own"]).ok();
+    delete_during_the_compile(&c, "own", &[]);
     let log = c.log();
     assert!(log.contains("optimizing compile cancelled"), "the deletion cancelled it:\n{log}");
     assert!(!log.contains("remove cgroup"), "the deletion removed the container's cgroup:\n{log}");
