@@ -87,20 +87,8 @@ pub fn out_of_process(
             let mut v = Vec::new();
             let _ = tx.send(Some(stdout.read_to_end(&mut v).map(|_| v)));
         });
-        // Waits in steps, to notice the time limit.
-        let step = Duration::from_millis(100);
-        let out = loop {
-            match rx.recv_timeout(step) {
-                Ok(Some(r)) => break Some(r),
-                Ok(None) => break None,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if cancel.is_cancelled() || started.elapsed() >= limit {
-                        break None;
-                    }
-                }
-            }
-        };
+        // Until the artifact comes, the compile is cancelled, or the limit.
+        let out = rx.recv_timeout(limit.saturating_sub(started.elapsed())).ok().flatten();
         let timed_out = out.is_none();
         if timed_out {
             // Its pipes close with it, which ends the reader threads.

@@ -656,17 +656,24 @@ state = "{d}/state"
         del
     }
 
-    /// `cpu.usage_usec` of task `id` from `ctr task metrics` (asserting that
-    /// ctr answered), 0 when the metrics do not show it.
-    pub fn cpu_usage_usec(&self, id: &str) -> u64 {
+    /// The numeric rows of `ctr task metrics` for task `id` (asserting that
+    /// ctr answered), by name (`cpu.usage_usec`, `memory.usage_limit`, ...).
+    pub fn metrics(&self, id: &str) -> std::collections::HashMap<String, u64> {
         let m = self.ctr(&["task", "metrics", id]);
         m.ok();
         m.stdout
             .lines()
-            .find(|l| l.starts_with("cpu.usage_usec"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// `cpu.usage_usec` of task `id` from `ctr task metrics`, 0 when the
+    /// metrics do not show it.
+    pub fn cpu_usage_usec(&self, id: &str) -> u64 {
+        self.metrics(id).get("cpu.usage_usec").copied().unwrap_or(0)
     }
 
     /// Waits (200 tries, [`wait::STEP`] apart) until no shim of this

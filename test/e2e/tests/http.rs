@@ -261,16 +261,9 @@ fn concurrent_requests_under_a_memory_limit_are_held_to_it() {
     assert!(statuses.contains(&200), "requests that fit are served: {statuses:?}");
     assert!(statuses.contains(&500), "32 instances of ~1.1 MiB cannot all fit in 6 MiB: {statuses:?}");
     assert_eq!(get(&addr, "/after").unwrap().0, 200, "the server serves on");
-    let m = c.ctr(&["task", "metrics", "capped"]);
-    m.ok();
-    let value = |name: &str| -> u64 {
-        m.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no {name} in {}", m.stdout))
-    };
-    assert_eq!(value("memory.usage_limit"), LIMIT, "{}", m.stdout);
-    assert!(value("memory.usage") <= LIMIT, "{}", m.stdout);
+    let m = c.metrics("capped");
+    assert_eq!(m.get("memory.usage_limit"), Some(&LIMIT), "{m:?}");
+    assert!(m.get("memory.usage").is_some_and(|u| *u <= LIMIT), "{m:?}");
     stop(&c, "capped");
     c.stop_and_check_clean();
 }
