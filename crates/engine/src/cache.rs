@@ -463,6 +463,20 @@ enum Art {
     File(File),
     /// Compiled in memory, because the cache could not store it.
     Bytes(Vec<u8>),
+    /// Compiled into a sealed in-memory file (a baseline artifact, which
+    /// is never cached); loaded by mapping it.
+    Sealed(File),
+}
+
+impl From<crate::Compiled> for Artifact {
+    /// What `Engine::precompile` (or the shim's compiler child running this
+    /// same engine configuration) just produced.
+    fn from(c: crate::Compiled) -> Self {
+        match c {
+            crate::Compiled::Bytes(b) => Artifact(Art::Bytes(b)),
+            crate::Compiled::Sealed(f) => Artifact(Art::Sealed(f)),
+        }
+    }
 }
 
 impl Artifact {
@@ -481,7 +495,7 @@ impl Artifact {
     pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
         match &self.0 {
             Art::Bytes(b) => Ok(b.clone()),
-            Art::File(f) => {
+            Art::File(f) | Art::Sealed(f) => {
                 use std::os::unix::fs::FileExt;
                 let mut v = vec![0u8; f.metadata()?.len() as usize];
                 f.read_exact_at(&mut v, 0).map(|()| v)
@@ -503,11 +517,13 @@ fn loaded<T>(r: wasmtime::Result<T>) -> Result<T, crate::EngineError> {
 }
 
 // Why the loaders below are sound (each unsafe block refers here): an
-// `Artifact` can only be made by `Cache::get_or_compile` and
-// `Artifact::compiled` (its fields are private to this module):
-// either it was just produced by `Engine::precompile` of an engine with the
-// same configuration, in this process or in a child running this same
-// binary (in memory, or written and reopened by this process), or
+// `Artifact` can only be made by `Cache::get_or_compile`,
+// `Artifact::compiled` and `From<Compiled>` (its fields are private to this
+// module): either it was just produced by `Engine::precompile` of an engine
+// with the same configuration, in this process or in a child running this
+// same binary (in memory; written and reopened by this process; or written
+// by the child into an in-memory file this process made, gave only to that
+// child, and sealed against any change once the child had exited), or
 // it is an entry this cache wrote (in a root-only directory, through temp
 // file + rename, never modified in place) whose length and XXH3-128 matched
 // the checksum recorded at write time, read through the same open file that is
@@ -523,9 +539,9 @@ pub(crate) fn load_component(
     match &artifact.0 {
         // SAFETY: bytes this engine's configuration just compiled (see above).
         Art::Bytes(b) => loaded(unsafe { Component::deserialize(engine, b) }),
-        // SAFETY: a cache entry verified against its checksum, mapped through
-        // the open file that was verified (see above).
-        Art::File(f) => match unsafe { Component::deserialize_file(engine, fd_path(f)) } {
+        // SAFETY: a cache entry verified against its checksum, or a sealed
+        // file just compiled; mapped through the open file (see above).
+        Art::File(f) | Art::Sealed(f) => match unsafe { Component::deserialize_file(engine, fd_path(f)) } {
             Ok(c) => Ok(c),
             // No /proc (an unusual host): the verified bytes, copied.
             Err(_) if !Path::new("/proc/self/fd").exists() => {
@@ -549,7 +565,7 @@ pub(crate) fn load_module(
     match &artifact.0 {
         // SAFETY: bytes this engine's configuration just compiled (see above).
         Art::Bytes(b) => loaded(unsafe { Module::deserialize(engine, b) }),
-        Art::File(f) => {
+        Art::File(f) | Art::Sealed(f) => {
             let f = f
                 .try_clone()
                 .map_err(|e| crate::EngineError::Io { what: "cached artifact".into(), reason: e.to_string() })?;

@@ -31,6 +31,11 @@ pub enum EngineError {
     /// too large for its limits.
     #[error("the guest is too costly to compile: {0}")]
     TooCostly(String),
+    /// The compiler was killed, most likely for the memory the container's
+    /// limit leaves it. A first start's baseline compile, which takes more
+    /// memory than the optimizing compile, then waits for that one instead.
+    #[error("the guest is too costly to compile: {0}")]
+    CompilerKilled(String),
     /// The compiler process failed for a reason other than the Wasm (it
     /// could not start, crashed, was killed).
     #[error("compiler process: {0}")]

@@ -114,7 +114,38 @@ struct Shared {
 /// The compiled form is for an engine with or without the component
 /// model's concurrency, as `Concurrency` says.
 pub type Compiler =
-    Arc<dyn Fn(&[u8], WasmKind, Tier, Concurrency, &Cancel) -> Result<Vec<u8>, EngineError> + Send + Sync>;
+    Arc<dyn Fn(&[u8], WasmKind, Tier, Concurrency, &Cancel) -> Result<Compiled, EngineError> + Send + Sync>;
+
+/// What a [`Compiler`] made: Wasmtime's compiled form, in memory or in a
+/// sealed in-memory file.
+#[derive(Debug)]
+pub enum Compiled {
+    /// The compiled bytes.
+    Bytes(Vec<u8>),
+    /// An in-memory file (memfd) that the compiler child wrote the compiled
+    /// form into and that can no longer change (sealed against writes,
+    /// growth and shrinking): a first start maps it rather than copying it.
+    /// The compiler must be this binary with this engine's configuration,
+    /// as for [`Bytes`](Self::Bytes).
+    Sealed(std::fs::File),
+}
+
+impl Compiled {
+    /// The compiled bytes (read from the file for a sealed one).
+    pub fn into_bytes(self) -> Result<Vec<u8>, EngineError> {
+        match self {
+            Compiled::Bytes(b) => Ok(b),
+            Compiled::Sealed(f) => {
+                use std::os::unix::fs::FileExt;
+                let read = || -> std::io::Result<Vec<u8>> {
+                    let mut v = vec![0u8; usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX)];
+                    f.read_exact_at(&mut v, 0).map(|()| v)
+                };
+                read().map_err(|e| EngineError::Io { what: "compiled artifact".into(), reason: e.to_string() })
+            }
+        }
+    }
+}
 
 /// A compiled, pre-linked guest, ready to instantiate any number of times.
 ///
@@ -534,11 +565,16 @@ impl Engine {
         .map_err(EngineError::compile)
     }
 
-    fn compile(&self, bytes: &[u8], kind: WasmKind, tier: Tier, cancel: &Cancel) -> Result<Vec<u8>, EngineError> {
+    fn compile(&self, bytes: &[u8], kind: WasmKind, tier: Tier, cancel: &Cancel) -> Result<Compiled, EngineError> {
         match &self.inner.compiler {
             Some(c) => c(bytes, kind, tier, self.inner.concurrency, cancel),
-            None => self.precompile_tier(bytes, kind, tier),
+            None => self.precompile_tier(bytes, kind, tier).map(Compiled::Bytes),
         }
+    }
+
+    /// [`compile`](Self::compile) into bytes, as the cache stores them.
+    fn compile_bytes(&self, bytes: &[u8], kind: WasmKind, tier: Tier, cancel: &Cancel) -> Result<Vec<u8>, EngineError> {
+        self.compile(bytes, kind, tier, cancel)?.into_bytes()
     }
 
     /// Compiles `bytes` and links it against WASI, so that every reason it
@@ -681,12 +717,12 @@ impl Engine {
                     }
                 }
                 let (artifact, outcome) =
-                    cache.get_or_compile(&d, kind, || self.compile(&w, kind, Tier::Optimized, &never))?;
+                    cache.get_or_compile(&d, kind, || self.compile_bytes(&w, kind, Tier::Optimized, &never))?;
                 log::debug!("{kind:?}: compile cache {outcome:?}");
                 Source::Artifact(artifact)
             }
             _ if self.inner.compiler.is_some() => {
-                Source::Artifact(cache::Artifact::compiled(self.compile(&checked()?, kind, Tier::Optimized, &never)?))
+                Source::Artifact(cache::Artifact::from(self.compile(&checked()?, kind, Tier::Optimized, &never)?))
             }
             _ => Source::Wasm(checked()?),
         };
@@ -717,11 +753,16 @@ impl Engine {
                 log::info!("{kind:?}: baseline compile refused ({e}); compiling optimized code");
                 return Ok(None);
             }
+            // It needs more memory than the optimizing compile (see the
+            // shim's `heap`): that one may still fit in the container's limit.
+            Err(EngineError::CompilerKilled(e)) => {
+                log::warn!("{kind:?}: baseline compile failed ({e}); compiling optimized code");
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let compiled = started.elapsed();
-        let baseline =
-            self.link(Tier::Baseline, kind, &Source::Artifact(cache::Artifact::compiled(artifact)), granted)?;
+        let baseline = self.link(Tier::Baseline, kind, &Source::Artifact(cache::Artifact::from(artifact)), granted)?;
         log::info!(
             "{kind:?}: first start on baseline code (compiled in {} ms, loaded in {} ms); optimizing in the background",
             compiled.as_millis(),
@@ -735,7 +776,7 @@ impl Engine {
             let started = std::time::Instant::now();
             let cache = engine.inner.cache.as_ref().expect("first starts are for cached engines");
             let linked = cache
-                .get_or_compile(&digest, kind, || engine.compile(&wasm, kind, Tier::Optimized, &stop))
+                .get_or_compile(&digest, kind, || engine.compile_bytes(&wasm, kind, Tier::Optimized, &stop))
                 .and_then(|(artifact, _)| engine.link(Tier::Optimized, kind, &Source::Artifact(artifact), granted));
             match linked {
                 Ok(k) => {

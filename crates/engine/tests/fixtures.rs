@@ -749,7 +749,7 @@ fn a_background_compile_runs_nicer_than_the_shim() {
     // gives the child that thread's nice value: this one records it.
     let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k, tier, concurrency, _| {
         log.lock().unwrap().push((tier, nice()));
-        inner.with_concurrency(concurrency).precompile_tier(b, k, tier)
+        inner.with_concurrency(concurrency).precompile_tier(b, k, tier).map(wasmcell_engine::Compiled::Bytes)
     });
     let e = Engine::with_options(Some(cache), Some(compiler))
         .unwrap()
@@ -765,6 +765,29 @@ fn a_background_compile_runs_nicer_than_the_shim() {
         vec![(Tier::Baseline, base), (Tier::Optimized, (base + wasmcell_engine::BACKGROUND_NICE).min(19))],
         "the first start's baseline compile at the shim's priority, the optimizing one in the background, nicer"
     );
+}
+
+#[test]
+fn a_first_start_whose_baseline_compiler_is_killed_waits_for_optimized_code() {
+    use wasmcell_engine::{Compiled, EngineError, FirstStart, Tier};
+    let d = tmp();
+    let cache = wasmcell_engine::cache::CacheConfig { dir: d.path().join("cache"), ..Default::default() };
+    let inner = Engine::new().unwrap();
+    // The baseline compiler killed (as the kernel does when it outgrows the
+    // container's memory limit); the optimizing one fits.
+    let compiler: wasmcell_engine::Compiler = Arc::new(move |b, k, tier, concurrency, _| match tier {
+        Tier::Baseline => Err(EngineError::CompilerKilled("killed (SIGKILL)".into())),
+        Tier::Optimized => inner.with_concurrency(concurrency).precompile_tier(b, k, tier).map(Compiled::Bytes),
+    });
+    let e = Engine::with_options(Some(cache), Some(compiler))
+        .unwrap()
+        .with_first_start(FirstStart::Baseline { min_bytes: 0 });
+    let bytes = fixture("hello.wasm");
+    let program = e.prepare(&bytes, classify(&bytes).unwrap(), Default::default()).unwrap();
+    assert_eq!(program.tier(), Tier::Optimized, "started on the optimized code it waited for");
+    let c = run_program(&e, &program, config(d.path(), &["/hello.wasm", "x"]), Default::default());
+    assert_eq!(c.exit.unwrap(), Exit::Code(0));
+    assert!(c.stdout.starts_with("hello from wasmcell\nargs: /hello.wasm x\n"), "{}", c.stdout);
 }
 
 #[test]

@@ -69,7 +69,7 @@ impl From<wasmcell_engine::EngineError> for ShimError {
             // what its grants or the handler's policy do not allow.
             E::Compile(_) | E::Link(_) | E::NoEntry { .. } | E::Denied(_) => ShimError::InvalidArgument(e.to_string()),
             // Valid, but beyond what this node gives one instance or compile.
-            E::TooBig(_) | E::TooCostly(_) => ShimError::FailedPrecondition(e.to_string()),
+            E::TooBig(_) | E::TooCostly(_) | E::CompilerKilled(_) => ShimError::FailedPrecondition(e.to_string()),
             // Changed under us: retrying may succeed.
             E::Changed(_) => ShimError::Unavailable(e.to_string()),
             // The node's failures, never the image's.
@@ -99,6 +99,7 @@ mod tests {
             (E::NoEntry { what: s() }, ttrpc::Code::INVALID_ARGUMENT),
             (E::TooBig(s()), ttrpc::Code::FAILED_PRECONDITION),
             (E::TooCostly(s()), ttrpc::Code::FAILED_PRECONDITION),
+            (E::CompilerKilled(s()), ttrpc::Code::FAILED_PRECONDITION),
             (E::Changed(s()), ttrpc::Code::UNAVAILABLE),
             (E::Setup(s()), ttrpc::Code::INTERNAL),
             (E::Context { what: s(), reason: s() }, ttrpc::Code::INTERNAL),

@@ -20,6 +20,7 @@ mod create;
 mod error;
 mod events;
 mod exec;
+pub mod heap;
 mod lifecycle;
 mod logging;
 mod metrics;
@@ -62,7 +63,12 @@ pub fn main() {
         println!("  Wasmtime: 48");
         return;
     }
-    if args.get(1).map(String::as_str) == Some(compiler::ACTION) {
+    let is_compiler = args.get(1).map(String::as_str) == Some(compiler::ACTION);
+    if let Err(e) = heap::check(is_compiler) {
+        eprintln!("containerd-shim-wasmtime-v1: {e}");
+        std::process::exit(2);
+    }
+    if is_compiler {
         std::process::exit(compiler::run_child(&args[2..]));
     }
     let flags = match containerd_shim::parse(&args[1..]) {

@@ -164,3 +164,40 @@ fn a_deletion_stops_the_background_compile_before_removing_the_cgroup() {
     assert!(c.wait_shims_gone().is_empty(), "no shim left");
     c.stop_and_check_clean();
 }
+
+/// The baseline compiler child's allocator (mimalloc, for speed) is its
+/// own: its artifact is byte for byte the one the shim's allocator makes,
+/// and a shim (which must count its guests' host memory) started with the
+/// variable that selects it refuses to serve, saying why.
+#[test]
+fn the_baseline_compilers_allocator_changes_nothing_but_its_speed() {
+    let shim = wasmcell_e2e::target_dir().join("containerd-shim-wasmtime-v1");
+    let wasm = std::fs::read(wasmcell_e2e::fixtures_dir().join("hello.wasm")).unwrap();
+    let compile = |heap: bool| {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(&shim);
+        cmd.args(["compile-wasm", "component", "--baseline", "--no-concurrency"]).env_clear();
+        if heap {
+            cmd.env("WASMCELL_COMPILER_HEAP", "mimalloc");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&wasm).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let (with, without) = (compile(true), compile(false));
+    assert!(with.len() > 10_000, "an artifact: {} bytes", with.len());
+    assert!(with == without, "the same artifact with either allocator ({} and {} bytes)", with.len(), without.len());
+
+    let c = Containerd::start_with_env(&[("WASMCELL_COMPILER_HEAP", "mimalloc")]);
+    let r = c.run("refused", &[], &["/hello.wasm"]);
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("WASMCELL_COMPILER_HEAP"), "the error names the variable: {r:?}");
+    c.stop_and_check_clean();
+}

@@ -12,6 +12,25 @@ pub fn detach_stdout() {
     }
 }
 
+/// An in-memory file (memfd) for the bytes a compiler child reads or
+/// writes, handed to it as stdin or stdout: no pipe round trips, and what
+/// the child wrote can be mapped rather than copied. Closed on exec (the
+/// child gets its own descriptor); sealable (see [`seal`]).
+pub fn memory_file(name: &str) -> std::io::Result<std::fs::File> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Makes a [`memory_file`] unchangeable: no write, growth or shrinking,
+/// and no change to the seals, through any descriptor or mapping.
+pub fn seal(f: &std::fs::File) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let all = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    fcntl(f, FcntlArg::F_ADD_SEALS(all))?;
+    Ok(())
+}
+
 /// Makes the child that `cmd` spawns die (SIGKILL) with the thread that
 /// spawns it, and so with this process: a compile child must never outlive
 /// the shim that waits for it (an orphan would burn CPU in the container's
