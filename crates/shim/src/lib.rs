@@ -7,8 +7,9 @@
 //! drain, exit) in [`supervisor`]; the per-container state machine in
 //! [`lifecycle`], what a container holds in [`container`]; settings in
 //! [`config`]; stdio wiring in [`stdio`]; rootfs mounts and the views of
-//! granted directories in [`rootfs`]; and every raw Linux call in [`sys`],
-//! behind the `Kernel` trait the tests fake.
+//! granted directories in [`rootfs`]; the compiler child in [`compiler`]
+//! and the binary's allocator in [`heap`]; and every raw Linux call in
+//! [`sys`], behind the `Kernel` trait the tests fake.
 
 mod accept;
 mod bootstrap;
