@@ -135,14 +135,9 @@ impl Compiled {
     pub fn into_bytes(self) -> Result<Vec<u8>, EngineError> {
         match self {
             Compiled::Bytes(b) => Ok(b),
-            Compiled::Sealed(f) => {
-                use std::os::unix::fs::FileExt;
-                let read = || -> std::io::Result<Vec<u8>> {
-                    let mut v = vec![0u8; usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX)];
-                    f.read_exact_at(&mut v, 0).map(|()| v)
-                };
-                read().map_err(|e| EngineError::Io { what: "compiled artifact".into(), reason: e.to_string() })
-            }
+            sealed => cache::Artifact::from(sealed)
+                .to_vec()
+                .map_err(|e| EngineError::Io { what: "compiled artifact".into(), reason: e.to_string() }),
         }
     }
 }

@@ -7,11 +7,11 @@
 //! - A compiler child doing a first start's baseline compile (started with
 //!   [`COMPILER_HEAP`] in its environment) uses mimalloc, untagged: it runs
 //!   no guest, and the compile is what a first start waits for. On the 18 MB
-//!   componentize-py component mimalloc made that compile 1.24x faster than
-//!   glibc's malloc (2.85 s -> 2.30 s wall, 2 cores), for about 16% more
-//!   peak memory (314 -> 366 MB). The optimizing compile, which runs in the
-//!   background next to the guest and gained 6%, keeps glibc's smaller
-//!   peak.
+//!   componentize-py component mimalloc made that compile 1.13x to 1.24x
+//!   faster than glibc's malloc (2.43-2.81 s -> 2.15-2.24 s wall, 2 cores),
+//!   for a higher peak (313 -> 421 MB). The optimizing compile, which runs
+//!   in the background next to the guest and gained 6%, keeps glibc's
+//!   smaller peak.
 //!
 //! A process never frees a block of the other allocator: the choice is made
 //! once, at the first allocation (before `main`, when the process is still
@@ -52,7 +52,7 @@ fn chosen() -> u8 {
 }
 
 /// Whether this process allocates with mimalloc (a compiler child).
-pub fn is_compiler_heap() -> bool {
+fn is_compiler_heap() -> bool {
     chosen() == MIMALLOC
 }
 
