@@ -402,15 +402,6 @@ pub fn digest(wasm: &[u8]) -> blake3::Hash {
     blake3::hash(wasm)
 }
 
-/// The cache key of a Wasm file; see [`each_block`].
-pub fn digest_file(f: &File) -> std::io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    each_block(f, |b| {
-        hasher.update(b);
-    })?;
-    Ok(hasher.finalize())
-}
-
 /// The checksum of an artifact file, read through a temporary mapping of
 /// it: its pages are the page cache's, shared, and not copied.
 fn checksum_file(f: &File) -> std::io::Result<u128> {
@@ -427,26 +418,6 @@ fn checksum_file(f: &File) -> std::io::Result<u128> {
         let sum = xxhash_rust::xxh3::xxh3_128(std::slice::from_raw_parts(at.as_ptr() as *const u8, len));
         let _ = munmap(at, len);
         Ok(sum)
-    }
-}
-
-/// Feeds `f` from its start to `eat` through a small buffer: the file's
-/// pages stay in the page cache, shared, rather than being copied into
-/// this process.
-fn each_block(f: &File, mut eat: impl FnMut(&[u8])) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        match f.read_at(&mut buf, at) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                eat(&buf[..n]);
-                at += n as u64;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
     }
 }
 

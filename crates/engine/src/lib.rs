@@ -324,6 +324,27 @@ fn release_at_least(release: &str, min: (u32, u32)) -> bool {
 /// with componentize-py has tables of tens of thousands of functions) still
 /// instantiate: a container's real bound is its memory limit, enforced by the
 /// store's limiter, not the pool's slot size.
+/// What decides the code an engine compiles (and so which artifacts it
+/// loads): the same for the shim's engines and a compiler child's.
+fn compile_config(policy: Option<&Policy>) -> Config {
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .wasm_component_model(true)
+        // WASI 0.3: async lifts and lowers, streams and futures.
+        .wasm_component_model_async(true)
+        .parallel_compilation(true);
+    if let Some(p) = policy {
+        config.wasm_features(policy::denied(p), false);
+    }
+    config
+}
+
+/// The engine of a twin pair without the component model's concurrency.
+fn without_concurrency(config: &mut Config) {
+    config.wasm_component_model_async(false).concurrency_support(false);
+}
+
 fn pooling() -> wasmtime::PoolingAllocationConfig {
     let mut p = wasmtime::PoolingAllocationConfig::default();
     p.total_component_instances(256)
@@ -417,25 +438,42 @@ impl Engine {
         compiler: Option<Compiler>,
         policy: Option<Policy>,
     ) -> Result<Self, EngineError> {
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .wasm_component_model(true)
-            // WASI 0.3: async lifts and lowers, streams and futures.
-            .wasm_component_model_async(true)
-            .parallel_compilation(true)
-            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
-        if let Some(p) = &policy {
-            config.wasm_features(policy::denied(p), false);
-        }
+        let mut config = compile_config(policy.as_ref());
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
         let mut sync_config = config.clone();
-        sync_config.wasm_component_model_async(false).concurrency_support(false);
+        without_concurrency(&mut sync_config);
         let policy = policy.map(Arc::new);
         let ticker = ticker::Ticker::new(TICK);
         let fair = Arc::new(fairshare::FairShare::new());
         let shared = Shared { cache, compiler, policy, ticker, fair };
         let sync = Self::build(sync_config, Concurrency::Off, &shared, None)?;
         Self::build(config, Concurrency::On, &shared, Some(sync))
+    }
+
+    /// Compiles `bytes` for an engine under `policy` (as
+    /// [`with_policy`](Self::with_policy) makes it) with the one Wasmtime
+    /// engine that takes: no instance pool, no WASI linkers, no cache. What a
+    /// compiler child runs; its artifact loads in the shim's engine.
+    pub fn precompile_alone(
+        bytes: &[u8],
+        kind: WasmKind,
+        tier: Tier,
+        concurrency: Concurrency,
+        policy: Option<&Policy>,
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut config = compile_config(policy);
+        if concurrency == Concurrency::Off {
+            without_concurrency(&mut config);
+        }
+        if tier == Tier::Baseline {
+            config = tiers::baseline_config(&config);
+        }
+        let engine = wasmtime::Engine::new(&config).map_err(EngineError::setup)?;
+        match kind {
+            WasmKind::Component => engine.precompile_component(bytes),
+            WasmKind::Module => engine.precompile_module(bytes),
+        }
+        .map_err(EngineError::compile)
     }
 
     /// One engine of a twin pair (see [`Concurrency`]), sharing the epoch
@@ -583,40 +621,46 @@ impl Engine {
     }
 
     /// [`prepare`](Self::prepare) for a file of a container's rootfs. With a
-    /// compile cache, a start that finds the file compiled does not read it
-    /// into memory: it hashes it through a small buffer or, when `id` (the
-    /// file's identity) was seen before, does not read it at all (see
-    /// [`cache`]).
+    /// compile cache, a start of a file whose identity (`id`) was seen before
+    /// and that is compiled does not read it at all (see [`cache`]).
     pub fn prepare_file(
         &self,
         wasm: &wasmcell_oci::WasmFile,
         id: Option<wasmcell_oci::FileId>,
         granted: Granted,
     ) -> Result<Program, EngineError> {
-        let digest = match &self.inner.cache {
-            Some(cache) => Some(match id.as_ref().and_then(|i| cache.known_digest(i)) {
+        let io = |e: wasmcell_oci::EntrypointError| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() };
+        // A file seen before: its recorded digest, the file not read unless
+        // it must be compiled. One not seen before is most likely not
+        // compiled either: read once, and hashed from memory (hashing it
+        // from the file and then reading it cost a first start an extra pass
+        // over the Wasm).
+        let (digest, read) = match &self.inner.cache {
+            Some(cache) => match id.as_ref().and_then(|i| cache.known_digest(i)) {
                 Some(d) => {
                     log::debug!("{}: digest known from the file's identity, not read", wasm.path);
-                    d
+                    (Some(d), None)
                 }
                 None => {
-                    let d = cache::digest_file(wasm.file())
-                        .map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
+                    let bytes = wasm.read_all().map_err(io)?;
+                    let d = cache::digest(&bytes);
                     // Recorded only if the file kept its identity while it
-                    // was hashed.
+                    // was read.
                     if let Some(i) =
                         id.as_ref().filter(|i| wasmcell_oci::FileId::of(wasm.file(), Some(i.dev)).as_ref() == Some(*i))
                     {
                         cache.remember_digest(i, &d);
                     }
-                    d
+                    (Some(d), Some(bytes))
                 }
-            }),
-            None => None,
+            },
+            None => (None, None),
         };
         self.prepare_with(digest, wasm.kind, granted, || {
-            let bytes =
-                wasm.read_all().map_err(|e| EngineError::Io { what: wasm.path.clone(), reason: e.to_string() })?;
+            if let Some(bytes) = read {
+                return Ok(std::borrow::Cow::Owned(bytes));
+            }
+            let bytes = wasm.read_all().map_err(io)?;
             // What is compiled must be what was hashed: the artifact is
             // stored under that hash, for every container that runs it.
             if digest.is_some_and(|d| d != cache::digest(&bytes)) {

@@ -140,20 +140,26 @@ impl Linked {
 
     /// The baseline tier for an optimizing engine configured as `config`.
     pub(crate) fn baseline(config: &Config, concurrency: Concurrency) -> Result<Linked, EngineError> {
-        let mut c = config.clone();
-        c.strategy(wasmtime::Strategy::Winch).wasm_features(WINCH_UNSUPPORTED, false);
-        // Winch still has Cranelift compile a trampoline for every function
-        // that escapes (a table entry, an export): about a quarter of a
-        // large component's baseline compile. They are a few instructions
-        // each, so the fastest Cranelift settings lose nothing. Native unwind
-        // info (.eh_frame) is only for outside unwinders such as profilers;
-        // Wasmtime's own traps and backtraces do not use it. Baseline code
-        // lives for one first start, so it goes without.
-        c.cranelift_opt_level(wasmtime::OptLevel::None)
-            .cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass)
-            .native_unwind_info(false);
-        Linked::new(&c, concurrency).map_err(EngineError::setup)
+        Linked::new(&baseline_config(config), concurrency).map_err(EngineError::setup)
     }
+}
+
+/// The baseline tier's configuration for an optimizing engine configured as
+/// `config`.
+pub(crate) fn baseline_config(config: &Config) -> Config {
+    let mut c = config.clone();
+    c.strategy(wasmtime::Strategy::Winch).wasm_features(WINCH_UNSUPPORTED, false);
+    // Winch still has Cranelift compile a trampoline for every function
+    // that escapes (a table entry, an export): about a quarter of a
+    // large component's baseline compile. They are a few instructions
+    // each, so the fastest Cranelift settings lose nothing. Native unwind
+    // info (.eh_frame) is only for outside unwinders such as profilers;
+    // Wasmtime's own traps and backtraces do not use it. Baseline code
+    // lives for one first start, so it goes without.
+    c.cranelift_opt_level(wasmtime::OptLevel::None)
+        .cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass)
+        .native_unwind_info(false);
+    c
 }
 
 /// Asks a compile to stop: the compiler is killed and nothing is stored.

@@ -69,6 +69,8 @@ pub fn out_of_process(
     };
     let (wasm, artifact) = (memory_file("wasmcell-wasm")?, memory_file("wasmcell-compiled")?);
     wasm.write_all_at(bytes, 0).map_err(|e| failed(format!("cannot pass the Wasm: {e}")))?;
+    // Sealed, the child can map it rather than read it.
+    crate::sys::process::seal(&wasm).map_err(|e| failed(format!("cannot seal the Wasm: {e}")))?;
     let out = artifact.try_clone().map_err(|e| failed(e.to_string()))?;
     cmd.env_clear().stdin(Stdio::from(wasm)).stdout(Stdio::from(out)).stderr(Stdio::piped());
     if tier == Tier::Baseline {
@@ -183,19 +185,23 @@ pub fn run_child(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let mut bytes = Vec::new();
-    if let Err(e) = std::io::stdin().take(wasmcell_oci::entrypoint::MAX_WASM_BYTES + 1).read_to_end(&mut bytes) {
-        eprintln!("reading the Wasm from stdin: {e}");
-        return 2;
-    }
-    let engine = match Engine::with_policy(None, None, policy) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("{e}");
+    let max = wasmcell_oci::entrypoint::MAX_WASM_BYTES;
+    // The shim's sealed in-memory file, mapped; anything else, read.
+    let stdin = std::mem::ManuallyDrop::new(
+        // SAFETY: fd 0 is open for the whole process; `ManuallyDrop` keeps
+        // this `File` from closing it.
+        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(libc::STDIN_FILENO) },
+    );
+    let mapped = crate::sys::process::SealedMap::of(&stdin, max);
+    let mut read = Vec::new();
+    if mapped.is_none() {
+        if let Err(e) = std::io::stdin().take(max + 1).read_to_end(&mut read) {
+            eprintln!("reading the Wasm from stdin: {e}");
             return 2;
         }
-    };
-    match engine.with_concurrency(concurrency).precompile_tier(&bytes, kind, tier) {
+    }
+    let bytes: &[u8] = mapped.as_deref().unwrap_or(&read);
+    match Engine::precompile_alone(bytes, kind, tier, concurrency, policy.as_ref()) {
         Ok(artifact) => {
             let mut out = std::io::stdout().lock();
             match out.write_all(&artifact).and_then(|()| out.flush()) {

@@ -194,6 +194,27 @@ fn the_baseline_compilers_allocator_changes_nothing_but_its_speed() {
     let (with, without) = (compile(true), compile(false));
     assert!(with.len() > 10_000, "an artifact: {} bytes", with.len());
     assert!(with == without, "the same artifact with either allocator ({} and {} bytes)", with.len(), without.len());
+    // As the shim passes it: a sealed in-memory file, which the child maps
+    // instead of reading.
+    let sealed = {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::from(memfd_create("wasm", MFdFlags::MFD_ALLOW_SEALING).unwrap());
+        f.write_all_at(&wasm, 0).unwrap();
+        fcntl(&f, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW))
+            .unwrap();
+        let out = std::process::Command::new(&shim)
+            .args(["compile-wasm", "component", "--baseline", "--no-concurrency"])
+            .env_clear()
+            .env("WASMCELL_COMPILER_HEAP", "mimalloc")
+            .stdin(f)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    assert!(sealed == with, "the same artifact from a mapped Wasm ({} and {} bytes)", sealed.len(), with.len());
 
     let c = Containerd::start_with_env(&[("WASMCELL_COMPILER_HEAP", "mimalloc")]);
     let r = c.run("refused", &[], &["/hello.wasm"]);
