@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -606,7 +606,15 @@ impl Cri {
                 .map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
                 .unwrap_or_default();
             assert!(leaves.is_empty(), "container cgroups left behind: {leaves:?}");
-            let _ = std::fs::remove_dir(&pod);
+            // As kubelet does, removed once empty: a pod's shim leaving its
+            // own cgroup moves to this one, and may still be exiting.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Err(e) = std::fs::remove_dir(&pod) {
+                if e.raw_os_error() != Some(libc::EBUSY) || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         cd.stop_and_check_clean();
         drop(network);
