@@ -313,17 +313,6 @@ fn release_at_least(release: &str, min: (u32, u32)) -> bool {
     matches!((parts.next(), parts.next()), (Some(major), Some(minor)) if (major, minor) >= min)
 }
 
-/// The pooling instance allocator: an HTTP component gets a fresh instance
-/// per request, and pooling makes that an index allocation plus a reset of
-/// pages already mapped, instead of an mmap/munmap of a multi-GiB
-/// reservation each time (which also costs every thread a TLB shootdown).
-///
-/// One shim serves one container or one pod, so the pool is sized for that;
-/// the reservations are address space only (PROT_NONE), not memory. The
-/// per-instance limits are generous so that large components (CPython built
-/// with componentize-py has tables of tens of thousands of functions) still
-/// instantiate: a container's real bound is its memory limit, enforced by the
-/// store's limiter, not the pool's slot size.
 /// What decides the code an engine compiles (and so which artifacts it
 /// loads): the same for the shim's engines and a compiler child's.
 fn compile_config(policy: Option<&Policy>) -> Config {
@@ -345,6 +334,26 @@ fn without_concurrency(config: &mut Config) {
     config.wasm_component_model_async(false).concurrency_support(false);
 }
 
+/// Wasmtime's serialized form of `bytes`, compiled by `engine`.
+fn precompile_with(engine: &wasmtime::Engine, bytes: &[u8], kind: WasmKind) -> Result<Vec<u8>, EngineError> {
+    match kind {
+        WasmKind::Component => engine.precompile_component(bytes),
+        WasmKind::Module => engine.precompile_module(bytes),
+    }
+    .map_err(EngineError::compile)
+}
+
+/// The pooling instance allocator: an HTTP component gets a fresh instance
+/// per request, and pooling makes that an index allocation plus a reset of
+/// pages already mapped, instead of an mmap/munmap of a multi-GiB
+/// reservation each time (which also costs every thread a TLB shootdown).
+///
+/// One shim serves one container or one pod, so the pool is sized for that;
+/// the reservations are address space only (PROT_NONE), not memory. The
+/// per-instance limits are generous so that large components (CPython built
+/// with componentize-py has tables of tens of thousands of functions) still
+/// instantiate: a container's real bound is its memory limit, enforced by the
+/// store's limiter, not the pool's slot size.
 fn pooling() -> wasmtime::PoolingAllocationConfig {
     let mut p = wasmtime::PoolingAllocationConfig::default();
     p.total_component_instances(256)
@@ -468,12 +477,7 @@ impl Engine {
         if tier == Tier::Baseline {
             config = tiers::baseline_config(&config);
         }
-        let engine = wasmtime::Engine::new(&config).map_err(EngineError::setup)?;
-        match kind {
-            WasmKind::Component => engine.precompile_component(bytes),
-            WasmKind::Module => engine.precompile_module(bytes),
-        }
-        .map_err(EngineError::compile)
+        precompile_with(&wasmtime::Engine::new(&config).map_err(EngineError::setup)?, bytes, kind)
     }
 
     /// One engine of a twin pair (see [`Concurrency`]), sharing the epoch
@@ -590,12 +594,7 @@ impl Engine {
 
     /// [`precompile`](Self::precompile) for a tier.
     pub fn precompile_tier(&self, bytes: &[u8], kind: WasmKind, tier: Tier) -> Result<Vec<u8>, EngineError> {
-        let engine = &self.tier(tier)?.engine;
-        match kind {
-            WasmKind::Component => engine.precompile_component(bytes),
-            WasmKind::Module => engine.precompile_module(bytes),
-        }
-        .map_err(EngineError::compile)
+        precompile_with(&self.tier(tier)?.engine, bytes, kind)
     }
 
     fn compile(&self, bytes: &[u8], kind: WasmKind, tier: Tier, cancel: &Cancel) -> Result<Compiled, EngineError> {

@@ -187,12 +187,7 @@ pub fn run_child(args: &[String]) -> i32 {
     };
     let max = wasmcell_oci::entrypoint::MAX_WASM_BYTES;
     // The shim's sealed in-memory file, mapped; anything else, read.
-    let stdin = std::mem::ManuallyDrop::new(
-        // SAFETY: fd 0 is open for the whole process; `ManuallyDrop` keeps
-        // this `File` from closing it.
-        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(libc::STDIN_FILENO) },
-    );
-    let mapped = crate::sys::process::SealedMap::of(&stdin, max);
+    let mapped = crate::sys::process::SealedMap::of(std::os::fd::AsFd::as_fd(&std::io::stdin()), max);
     let mut read = Vec::new();
     if mapped.is_none() {
         if let Err(e) = std::io::stdin().take(max + 1).read_to_end(&mut read) {

@@ -42,20 +42,20 @@ pub struct SealedMap {
 }
 
 impl SealedMap {
-    pub fn of(f: &std::fs::File, max: u64) -> Option<SealedMap> {
+    pub fn of(f: impl std::os::fd::AsFd, max: u64) -> Option<SealedMap> {
         use nix::fcntl::{fcntl, FcntlArg, SealFlag};
         use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-        let seals = SealFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GET_SEALS).ok()?);
+        let seals = SealFlag::from_bits_truncate(fcntl(&f, FcntlArg::F_GET_SEALS).ok()?);
         if !seals.contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK) {
             return None;
         }
-        let len = f.metadata().ok()?.len();
+        let len = u64::try_from(nix::sys::stat::fstat(&f).ok()?.st_size).ok()?;
         let size = std::num::NonZeroUsize::new(usize::try_from(len).ok()?).filter(|_| len <= max)?;
         // SAFETY: a new private read-only mapping of a file that no one can
         // write to or shrink any more (its seals), so the slice it backs
         // never changes and every page exists; unmapped only on drop.
         let at = unsafe {
-            mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE, f, 0).ok()?
+            mmap(None, size, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE, &f, 0).ok()?
         };
         Some(SealedMap { at, len: size.get() })
     }
